@@ -1,0 +1,179 @@
+"""`devdiag`: run DevDiag's analytics and operations from a terminal or cron."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from orchestrator import config, embedded
+from orchestrator.db import DatabaseUnavailable
+
+
+def database_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn an unreachable or refusing database into the one-line error `db.explain` wrote."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DatabaseUnavailable as error:
+            raise click.ClickException(str(error)) from None
+
+    return wrapper
+
+
+def emit_json(payload: Any) -> None:
+    click.echo(json.dumps(payload, indent=2, default=str))
+
+
+def status_line(message: str, *, quiet: bool = False) -> None:
+    """Progress for people, on stderr so that stdout stays clean for --json and pipes."""
+    if not quiet:
+        click.echo(message, err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mcp-devdiag", prog_name="devdiag")
+def main() -> None:
+    """DevDiag operations: database, dbt build, health checks and demo data.
+
+    The database comes from DEVDIAG_PG_DSN, or DEVDIAG_PG_HOST/USER/PASS/DB, or else the embedded
+    PostgreSQL kept in DEVDIAG_HOME (default ~/.local/share/devdiag).
+    """
+
+
+# --- db -------------------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Start, stop and locate the embedded PostgreSQL."""
+
+
+def _require_embedded(action: str) -> None:
+    if config.external_settings() is not None:
+        raise click.ClickException(
+            f"`devdiag db {action}` manages the embedded PostgreSQL, but DEVDIAG_PG_* points elsewhere: "
+            "unset DEVDIAG_PG_DSN/HOST/USER/PASS/DB to use it"
+        )
+
+
+@db.command("start")
+def db_start() -> None:
+    """Start the embedded PostgreSQL (initialising it on first use)."""
+    _require_embedded("start")
+    state = embedded.start()
+    click.echo(f"embedded PostgreSQL running (pid {state.pid}, port {state.port}, data {embedded.data_dir()})")
+
+
+@db.command("stop")
+def db_stop() -> None:
+    """Stop the embedded PostgreSQL."""
+    _require_embedded("stop")
+    click.echo("stopped" if embedded.stop() else "not running")
+
+
+@db.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def db_status(as_json: bool) -> None:
+    """Say whether the database is up; exit 1 when it is not."""
+    external = config.external_settings()
+    if external is not None:
+        from orchestrator.db import connect
+
+        try:
+            with connect(external) as conn:
+                version = conn.execute("show server_version").fetchone()[0]
+            state = {"running": True, "embedded": False, "where": external.describe(), "version": version}
+        except DatabaseUnavailable as error:
+            state = {"running": False, "embedded": False, "where": external.describe(), "error": str(error)}
+    else:
+        current = embedded.status()
+        state = {
+            "running": current.running,
+            "embedded": True,
+            "pid": current.pid,
+            "port": current.port,
+            "data_dir": str(embedded.data_dir()),
+        }
+    if as_json:
+        emit_json(state)
+    elif state["running"]:
+        click.echo("running: " + ", ".join(f"{k} {v}" for k, v in state.items() if k not in {"running"}))
+    else:
+        click.echo("not running" + (f": {state['error']}" if "error" in state else ": run `devdiag db start`"))
+    sys.exit(0 if state["running"] else 1)
+
+
+@db.command("url")
+@click.option(
+    "--role",
+    type=click.Choice(["owner", "devdiag_writer", "grafana"]),
+    default="owner",
+    show_default=True,
+    help="Whose login: the owner's socket login, or a password login over TCP.",
+)
+def db_url(role: str) -> None:
+    """Print a connection URL that psql accepts: psql "$(devdiag db url)".
+
+    The URL of a password role carries its password: it is meant for a pipe, not for a log.
+    """
+    if role == "owner":
+        click.echo(config.settings().url(with_password=True))
+        return
+    from orchestrator.secrets import role_password
+
+    if config.external_settings() is not None:
+        base = config.external_settings()
+        assert base is not None
+        params = {**base.params, "user": role, "password": role_password(role)}
+        click.echo(config.ConnectionSettings(params).url(with_password=True))
+        return
+    embedded.start()
+    click.echo(embedded.tcp_settings(role, role_password(role)).url(with_password=True))
+
+
+# --- setup and build ------------------------------------------------------------------------------
+
+
+@main.command()
+@database_errors
+def setup() -> None:
+    """Create or update the schema, raw table, indexes, roles and fix catalog. Safe to run again."""
+    from orchestrator.provision import setup as run_setup
+    from orchestrator.secrets import secrets_file
+
+    where = config.settings()
+    report = run_setup(where)
+    click.echo(f"schema devdiag ready on {where.describe()}")
+    click.echo(f"roles {', '.join(report.roles)}: passwords set (kept in {secrets_file()}, mode 0600)")
+    click.echo(f"fix catalog: {report.catalog_fixes} fixes")
+
+
+@main.command()
+@click.option("--select", "-s", "selector", default=None, help="dbt selector, e.g. 'v_ttr_days+'.")
+@click.option("--json", "as_json", is_flag=True, help="Print one object per dbt node.")
+@database_errors
+def build(selector: str | None, as_json: bool) -> None:
+    """Run `dbt build`: models, their tests and the health checks. Exit 1 when any node errors."""
+    from orchestrator import dbt
+
+    args = ["build"] + (["--select", selector] if selector else [])
+    results = dbt.invoke(config.settings(), args)
+    failed = [r for r in results if r.status in {"error", "fail"}]
+    if as_json:
+        emit_json([r.__dict__ for r in results])
+    else:
+        counts: dict[str, int] = {}
+        for r in results:
+            counts[r.status] = counts.get(r.status, 0) + 1
+        for r in failed:
+            click.echo(f"{r.status.upper():6} {r.name}: {r.message or ''}", err=True)
+        total = sum(r.seconds for r in results)
+        click.echo(f"dbt build: {', '.join(f'{n} {s}' for s, n in sorted(counts.items()))} ({total:.1f}s in nodes)")
+    sys.exit(1 if failed else 0)

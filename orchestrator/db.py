@@ -1,0 +1,48 @@
+"""Connections with errors a person can act on. No message ever carries the password."""
+
+from __future__ import annotations
+
+import psycopg
+
+from orchestrator.config import ConnectionSettings
+
+CONNECT_TIMEOUT_S = 10
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached or refuses us; the message says what to do."""
+
+
+def explain(error: psycopg.OperationalError, where: ConnectionSettings) -> str:
+    """One line naming the cause and the fix, for a failed connection."""
+    text = str(error).lower()
+    target = where.describe()
+    if "password authentication failed" in text or "no password supplied" in text:
+        return f"{target} refused the credentials: check DEVDIAG_PG_USER and DEVDIAG_PG_PASS (or the DSN)"
+    if "does not exist" in text and "database" in text:
+        return f"{target}: the database does not exist: create it, or set DEVDIAG_PG_DB"
+    if "role" in text and "does not exist" in text:
+        return f"{target}: that role does not exist: check DEVDIAG_PG_USER, or run `devdiag setup`"
+    if "timeout" in text:
+        return f"{target} did not answer within {CONNECT_TIMEOUT_S}s: check the host and the network"
+    if any(s in text for s in ("connection refused", "no such file", "could not connect", "is the server running")):
+        hint = "run `devdiag db start`" if where.embedded else "check DEVDIAG_PG_HOST and that PostgreSQL runs"
+        return f"{target} is not reachable: {hint}"
+    if "could not translate host name" in text:
+        return f"{target}: unknown host: check DEVDIAG_PG_HOST"
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return f"{target}: {first}"
+
+
+def connect(where: ConnectionSettings, *, autocommit: bool = True, **kwargs) -> psycopg.Connection:
+    """Open a connection or raise DatabaseUnavailable with a one-line, secret-free reason."""
+    try:
+        return psycopg.connect(
+            where.conninfo(),
+            autocommit=autocommit,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            application_name="devdiag",
+            **kwargs,
+        )
+    except psycopg.OperationalError as error:
+        raise DatabaseUnavailable(explain(error, where)) from None
