@@ -76,8 +76,8 @@
 {% endmacro %}
 
 
+{#- Roles are created without a password; `devdiag setup` sets them (as scram verifiers). -#}
 {% macro create_roles(schema) %}
-    {#- Roles are created without a password; `devdiag setup` sets them (as scram verifiers). -#}
     do $roles$
     begin
         if not exists (select from pg_roles where rolname = 'devdiag_writer') then
@@ -95,14 +95,14 @@
 {% endmacro %}
 
 
+{#- dbt's `grants` config grants SELECT on each public view; the schema USAGE it omits is here. -#}
 {% macro grant_public_views() %}
-    {#- dbt's `grants` config grants SELECT on each public view; the schema USAGE it omits is here. -#}
     grant usage on schema devdiag to grafana;
 {% endmacro %}
 
 
+{#- `dbt run-operation devdiag_setup`: the raw schema without building models. -#}
 {% macro devdiag_setup() %}
-    {#- `dbt run-operation devdiag_setup`: the raw schema without building models. -#}
     {% do run_query(create_raw_schema()) %}
     {% do run_query(grant_public_views()) %}
 {% endmacro %}

@@ -177,3 +177,81 @@ def build(selector: str | None, as_json: bool) -> None:
         total = sum(r.seconds for r in results)
         click.echo(f"dbt build: {', '.join(f'{n} {s}' for s, n in sorted(counts.items()))} ({total:.1f}s in nodes)")
     sys.exit(1 if failed else 0)
+
+
+# --- health ---------------------------------------------------------------------------------------
+
+
+def _print_health(checks: list) -> None:
+    marks = {"pass": "ok", "warn": "WARN", "fail": "FAIL"}
+    width = max(len(c.name) for c in checks)
+    click.echo(f"{'check':{width}}  {'value':>10}  {'threshold':<16} status")
+    for c in checks:
+        value = "-" if c.value is None else f"{c.value:,.2f}".rstrip("0").rstrip(".")
+        line = f"{c.name:{width}}  {value:>10}  {c.threshold:<16} {marks[c.status]}"
+        if c.status != "pass" and c.message:
+            line += f"  ({c.message})"
+        click.echo(line)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON objects.")
+@database_errors
+def health(as_json: bool) -> None:
+    """The runbook's morning health check, run as dbt tests.
+
+    One row per check: name, measured value, threshold, status (pass, warn or fail). Exit 1 when a
+    critical check fails, 0 otherwise (warnings are printed but do not fail the run).
+    """
+    from orchestrator.health import run_health
+
+    checks = run_health(config.settings())
+    if as_json:
+        emit_json([{"name": c.name, "value": c.value, "threshold": c.threshold, "status": c.status} for c in checks])
+    else:
+        _print_health(checks)
+    critical = [c for c in checks if c.status == "fail" and c.severity == "error"]
+    sys.exit(1 if critical else 0)
+
+
+# --- demo -----------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--runs", default=20_000, show_default=True, type=click.IntRange(min=100), help="Runs to generate.")
+@click.option("--seed", default=7, show_default=True, help="Seed of the generator (same seed, same data).")
+@database_errors
+def demo(runs: int, seed: int) -> None:
+    """Everything on one machine: embedded database, setup, demo history, dbt build, health checks.
+
+    Safe to run again: demo rows are keyed by id, so a second run loads nothing twice.
+    """
+    from datetime import UTC, datetime
+
+    from orchestrator import dbt
+    from orchestrator.demo_data import load_demo
+    from orchestrator.health import run_health
+    from orchestrator.provision import setup as run_setup
+
+    where = config.settings()
+    status_line(f"database: {where.describe()}")
+    run_setup(where)
+    status_line("setup: schema, indexes, roles and fix catalog ready")
+    report = load_demo(where, runs=runs, seed=seed, now=datetime.now(UTC))
+    status_line(f"demo data: {report.inserted:,} rows loaded, {report.skipped:,} already there ({report.seconds:.1f}s)")
+    results = dbt.invoke(where, ["build"])
+    broken = [r for r in results if r.status in {"error", "fail"}]
+    status_line(f"dbt build: {len(results)} nodes, {len(broken)} failing")
+    for r in broken:
+        status_line(f"  {r.status.upper()} {r.name}: {r.message or ''}")
+    checks = run_health(where)
+    _print_health(checks)
+    click.echo(
+        "\nNext:\n"
+        '  psql "$(devdiag db url)" -c "select * from devdiag.v_problem_counts order by day desc limit 10"\n'
+        "  devdiag health --json        # the checks, for scripts\n"
+        "  devdiag build                # rebuild the views after new runs\n"
+        "  devdiag db stop              # stop the embedded PostgreSQL"
+    )
+    if broken or any(c.status == "fail" and c.severity == "error" for c in checks):
+        sys.exit(1)

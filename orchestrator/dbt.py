@@ -120,5 +120,3 @@ def _node_result(r) -> NodeResult:
 def _one_line(value: object) -> str:
     text = " ".join(str(value).split())
     return text[:400]
-
-

@@ -189,8 +189,7 @@ def start() -> Status:
     if result.returncode != 0:
         tail = logfile.read_text(errors="replace").strip().splitlines()[-1:] if logfile.exists() else []
         raise click.ClickException(
-            f"the embedded PostgreSQL did not start ({' '.join(tail) or result.stderr.strip()}); "
-            f"see {logfile}"
+            f"the embedded PostgreSQL did not start ({' '.join(tail) or result.stderr.strip()}); see {logfile}"
         )
     port_file.write_text(str(port))
     _ensure_database(sock, port)
