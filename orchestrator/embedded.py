@@ -15,6 +15,7 @@ import hashlib
 import os
 import socket
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,10 @@ SUPERUSER = "postgres"
 
 
 def bin_dir() -> Path:
-    from pgserver._commands import POSTGRES_BIN_PATH
+    with warnings.catch_warnings():
+        # pgserver's import asks platformdirs for a runtime dir it does not need here, and warns.
+        warnings.simplefilter("ignore")
+        from pgserver._commands import POSTGRES_BIN_PATH
 
     return Path(POSTGRES_BIN_PATH)
 
@@ -92,6 +96,7 @@ def _prepare_for_root(*paths: Path) -> None:
         return
     import stat
 
+    bin_dir()  # imports pgserver quietly first
     from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
 
     entry = ensure_user_exists(SYSTEM_USER_WHEN_ROOT)

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
 for var in ("DEVDIAG_PG_DSN", "DEVDIAG_PG_HOST", "DEVDIAG_PG_USER", "DEVDIAG_PG_PASS", "DEVDIAG_PG_DB"):
     os.environ.pop(var, None)
@@ -36,3 +33,21 @@ def pg(devdiag_home: Path):
     settings = config.settings()
     setup(settings)
     return settings
+
+
+DEMO_RUNS = 20_000
+
+
+@pytest.fixture(scope="session")
+def demo_db(pg):
+    """The session database with `devdiag demo`'s data loaded and every model built."""
+    from datetime import UTC, datetime
+
+    from orchestrator import dbt
+    from orchestrator.demo_data import load_demo
+
+    load_demo(pg, runs=DEMO_RUNS, seed=7, now=datetime.now(UTC))
+    results = dbt.invoke(pg, ["build"])
+    broken = [f"{r.name}: {r.message}" for r in results if r.status in {"error", "fail"}]
+    assert not broken, broken
+    return pg

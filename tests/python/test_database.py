@@ -1,0 +1,158 @@
+"""The embedded database, `devdiag db`, `devdiag setup`, roles, passwords and connection faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from orchestrator import embedded
+from orchestrator.cli import main
+from orchestrator.secrets import role_password, scram_verifier, secrets_file
+
+ROLES = ("devdiag_writer", "grafana")
+
+
+def devdiag(*args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def psql(url: str, sql: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [embedded.pg_bin("psql"), url, "-XAtc", sql], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def test_url_is_accepted_by_psql(pg):
+    url = devdiag("db", "url").output.strip()
+    result = psql(url, "select current_database(), current_setting('timezone')")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "devdiag|UTC"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_role_logs_in_over_tcp_with_its_scram_password(pg, role):
+    url = devdiag("db", "url", "--role", role).output.strip()
+    assert url.startswith(f"postgresql://{role}:") and "@127.0.0.1:" in url
+    result = psql(url, "select current_user")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == role
+
+
+def test_status_reports_the_running_server(pg):
+    result = devdiag("db", "status", "--json")
+    assert result.exit_code == 0
+    state = json.loads(result.output)
+    assert state["running"] is True and state["embedded"] is True and state["port"] > 0
+
+
+def test_setup_is_idempotent_and_prints_no_secret(pg):
+    first = devdiag("setup")
+    second = devdiag("setup")
+    assert first.exit_code == 0 and second.exit_code == 0, second.output
+    for role in ROLES:
+        assert role_password(role) not in first.output + second.output
+    with psycopg.connect(pg.conninfo()) as conn:
+        indexes = conn.execute(
+            "select count(*) from pg_indexes where schemaname = 'devdiag' and indexname like 'ix_diag_run_%'"
+        ).fetchone()[0]
+        verifiers = conn.execute(
+            "select rolname, rolpassword from pg_authid where rolname in ('devdiag_writer', 'grafana')"
+        ).fetchall()
+    assert indexes == 9
+    assert {r for r, _ in verifiers} == set(ROLES)
+    assert all(v.startswith("SCRAM-SHA-256$4096:") for _, v in verifiers)
+
+
+def test_passwords_are_kept_private_and_never_logged(pg):
+    mode = stat.S_IMODE(os.stat(secrets_file()).st_mode)
+    assert mode == 0o600
+    log = embedded.log_file().read_text(errors="replace")
+    for role in ROLES:
+        assert role_password(role) not in log
+
+
+def test_scram_verifier_matches_the_rfc_7677_example():
+    # RFC 7677 section 3: user "user", password "pencil", salt W22ZaJ0SNY7soEsUEjb6gQ==, 4096 iterations.
+    import base64
+
+    verifier = scram_verifier("pencil", salt=base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ=="))
+    assert verifier == (
+        "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$"
+        "WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU="
+    )
+
+
+def test_writer_role_has_least_privilege(pg):
+    url = devdiag("db", "url", "--role", "devdiag_writer").output.strip()
+    ok = psql(url, "select count(*) from devdiag.diag_run")
+    assert ok.returncode == 0, ok.stderr
+    for forbidden in ("delete from devdiag.diag_run", "truncate devdiag.diag_run", "create table devdiag.t (x int)"):
+        denied = psql(url, forbidden)
+        assert denied.returncode != 0 and "permission denied" in denied.stderr, forbidden
+
+
+def _external(**values: str) -> dict[str, str]:
+    env = {k: "" for k in ("DEVDIAG_PG_DSN", "DEVDIAG_PG_HOST", "DEVDIAG_PG_USER", "DEVDIAG_PG_PASS", "DEVDIAG_PG_DB")}
+    env.update(values)
+    return env
+
+
+def _assert_one_line_error(result, *needles: str, secret: str | None = None) -> None:
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("Error: ")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    if secret:
+        assert secret not in result.output
+
+
+def test_wrong_password_is_one_line_without_the_password(pg):
+    port = embedded.status().port
+    env = _external(
+        DEVDIAG_PG_HOST=f"127.0.0.1:{port}", DEVDIAG_PG_USER="grafana", DEVDIAG_PG_PASS="not-the-password-42"
+    )
+    _assert_one_line_error(devdiag("health", env=env), "refused the credentials", secret="not-the-password-42")
+
+
+def test_database_that_is_down_is_one_line(pg):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free_port = s.getsockname()[1]
+    env = _external(DEVDIAG_PG_HOST=f"127.0.0.1:{free_port}", DEVDIAG_PG_USER="x", DEVDIAG_PG_PASS="hunter2-secret")
+    _assert_one_line_error(devdiag("setup", env=env), "is not reachable", "DEVDIAG_PG_HOST", secret="hunter2-secret")
+
+
+def test_malformed_dsn_is_one_line(pg):
+    _assert_one_line_error(devdiag("setup", env=_external(DEVDIAG_PG_DSN="host=== nonsense")), "DEVDIAG_PG_DSN")
+
+
+def test_missing_database_is_one_line(pg):
+    sock, port = str(embedded.status().socket_dir), embedded.status().port
+    env = _external(DEVDIAG_PG_HOST=f"{sock}:{port}", DEVDIAG_PG_USER="postgres", DEVDIAG_PG_DB="no_such_db")
+    _assert_one_line_error(devdiag("setup", env=env), "database does not exist")
+
+
+def test_db_commands_refuse_to_manage_an_external_database(pg):
+    _assert_one_line_error(devdiag("db", "stop", env=_external(DEVDIAG_PG_HOST="db.example")), "embedded")
+
+
+def test_stop_and_start_keep_the_data(pg):
+    with psycopg.connect(pg.conninfo(), autocommit=True) as conn:
+        conn.execute("create table if not exists public.survives_restart (x int)")
+        conn.execute("insert into public.survives_restart values (42)")
+    assert devdiag("db", "stop").output.strip() == "stopped"
+    assert devdiag("db", "status").exit_code == 1
+    assert "running" in devdiag("db", "start").output
+    with psycopg.connect(embedded.settings().conninfo(), autocommit=True) as conn:
+        assert conn.execute("select x from public.survives_restart").fetchone() == (42,)
+        conn.execute("drop table public.survives_restart")

@@ -1,0 +1,57 @@
+"""A user's own CI: the plain `dbt build` CLI, profiles.yml made from profiles.yml.example, fresh database."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from orchestrator import embedded
+
+ROOT = Path(__file__).resolve().parents[2]
+FRESH_DB = "devdiag_cli_fresh"
+
+
+@pytest.fixture
+def fresh_database(pg):
+    with psycopg.connect(pg.conninfo(dbname="postgres"), autocommit=True) as conn:
+        conn.execute(f"drop database if exists {FRESH_DB} with (force)")
+        conn.execute(f"create database {FRESH_DB}")
+    yield FRESH_DB
+    with psycopg.connect(pg.conninfo(dbname="postgres"), autocommit=True) as conn:
+        conn.execute(f"drop database if exists {FRESH_DB} with (force)")
+
+
+@pytest.mark.slow
+def test_plain_dbt_build_on_a_fresh_database(fresh_database, tmp_path):
+    shutil.copyfile(ROOT / "profiles.yml.example", tmp_path / "profiles.yml")
+    state = embedded.status()
+    env = {
+        **os.environ,
+        "DEVDIAG_PG_HOST": f"{state.socket_dir}:{state.port}",
+        "DEVDIAG_PG_USER": "postgres",
+        "DEVDIAG_PG_PASS": "",
+        "DEVDIAG_PG_DB": fresh_database,
+    }
+    dbt = Path(sys.executable).parent / "dbt"
+    result = subprocess.run(
+        [str(dbt), "build", "--profiles-dir", str(tmp_path), "--target-path", str(tmp_path / "target")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "Completed successfully" in result.stdout
+    with psycopg.connect(host=str(state.socket_dir), port=state.port, user="postgres", dbname=fresh_database) as conn:
+        views = conn.execute(
+            "select count(*) from pg_views where schemaname = 'devdiag' and viewname like 'v\\_%'"
+        ).fetchone()[0]
+    assert views == 6
