@@ -103,7 +103,7 @@ def external_settings() -> ConnectionSettings | None:
         return None
     host = os.environ.get("DEVDIAG_PG_HOST", "localhost")
     params = {"dbname": os.environ.get("DEVDIAG_PG_DB") or DATABASE}
-    if host.count(":") == 1 and not host.startswith("/"):
+    if host.count(":") == 1:  # host:port, or a socket directory:port as profiles.yml.example reads it
         host, port = host.split(":")
         if not port.isdigit():
             raise click.ClickException(f"DEVDIAG_PG_HOST has a bad port {port!r}: use HOST or HOST:PORT")

@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from orchestrator.config import ConnectionSettings, devdiag_home, project_dir
+from orchestrator.db import connect
 
 
 @dataclass(frozen=True)
@@ -76,20 +77,25 @@ def _common_args() -> list[str]:
     ]
 
 
-def _run(conn: ConnectionSettings, args: list[str], quiet: bool):
+def _run(conn: ConnectionSettings, args: list[str], quiet: bool, env: dict[str, str] | None = None):
     from dbt.cli.main import dbtRunner
+
+    # dbt's own connection errors are long and generic; ours say what to do (db.explain).
+    connect(conn).close()
 
     full = [*args, *_common_args()]
     if quiet:
         full += ["--quiet", "--log-level", "none"]
-    with _environment(profile_env(conn)):
+    with _environment({**profile_env(conn), **(env or {})}):
         return dbtRunner().invoke(full)
 
 
-def invoke(conn: ConnectionSettings, args: list[str], *, quiet: bool = True) -> list[NodeResult]:
-    """Run one dbt command; returns its node results. Raises ClickException when dbt itself fails
-    (bad project, no connection) or when a selector matched nothing."""
-    outcome = _run(conn, args, quiet)
+def invoke(
+    conn: ConnectionSettings, args: list[str], *, quiet: bool = True, env: dict[str, str] | None = None
+) -> list[NodeResult]:
+    """Run one dbt command, with ``env`` set for its duration; returns its node results. Raises
+    ClickException when dbt itself fails (bad project, no connection) or a selector matched nothing."""
+    outcome = _run(conn, args, quiet, env)
     if outcome.exception is not None:
         raise click.ClickException(f"dbt {args[0]} failed: {_one_line(outcome.exception)}")
     results = list(getattr(outcome.result, "results", None) or [])

@@ -113,6 +113,9 @@ def _prepare_for_root(*paths: Path) -> None:
 def _free_port(preferred: int | None) -> int:
     for candidate in ([preferred] if preferred else []) + [0]:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # As PostgreSQL binds: a port left in TIME_WAIT by our own last server is free to reuse,
+            # so a restart keeps the URL people copied.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", candidate))
             except OSError:

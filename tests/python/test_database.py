@@ -146,13 +146,15 @@ def test_db_commands_refuse_to_manage_an_external_database(pg):
     _assert_one_line_error(devdiag("db", "stop", env=_external(DEVDIAG_PG_HOST="db.example")), "embedded")
 
 
-def test_stop_and_start_keep_the_data(pg):
+def test_stop_and_start_keep_the_data_and_the_port(pg):
+    port = embedded.status().port
     with psycopg.connect(pg.conninfo(), autocommit=True) as conn:
         conn.execute("create table if not exists public.survives_restart (x int)")
         conn.execute("insert into public.survives_restart values (42)")
     assert devdiag("db", "stop").output.strip() == "stopped"
     assert devdiag("db", "status").exit_code == 1
     assert "running" in devdiag("db", "start").output
+    assert embedded.status().port == port
     with psycopg.connect(embedded.settings().conninfo(), autocommit=True) as conn:
         assert conn.execute("select x from public.survives_restart").fetchone() == (42,)
         conn.execute("drop table public.survives_restart")
