@@ -138,4 +138,3 @@ def _measurements(settings: ConnectionSettings) -> dict[str, _Measurement]:
     except psycopg.errors.UndefinedTable:
         return {}
     return {name: _Measurement(value, unit, threshold, detail) for name, value, unit, threshold, detail in rows}
-
