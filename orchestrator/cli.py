@@ -160,7 +160,10 @@ def setup() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one object per dbt node.")
 @database_errors
 def build(selector: str | None, as_json: bool) -> None:
-    """Run `dbt build`: models, their tests and the health checks. Exit 1 when any node errors."""
+    """Run `dbt build`: the models and their tests (`devdiag health` runs the health checks).
+
+    Exit 1 when any model or test errors or fails.
+    """
     from orchestrator import dbt
 
     args = ["build"] + (["--select", selector] if selector else [])
@@ -255,3 +258,14 @@ def demo(runs: int, seed: int) -> None:
     )
     if broken or any(c.status == "fail" and c.severity == "error" for c in checks):
         sys.exit(1)
+
+
+# --- operations (each command lives beside its logic) ---------------------------------------------
+
+from orchestrator.backup import backup  # noqa: E402
+from orchestrator.drill import drill  # noqa: E402
+from orchestrator.restore import restore  # noqa: E402
+from orchestrator.retention import retention  # noqa: E402
+
+for command in (retention, backup, restore, drill):
+    main.add_command(command)

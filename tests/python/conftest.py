@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,15 +15,20 @@ for var in ("DEVDIAG_PG_DSN", "DEVDIAG_PG_HOST", "DEVDIAG_PG_USER", "DEVDIAG_PG_
 
 
 @pytest.fixture(scope="session")
-def devdiag_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A fresh DEVDIAG_HOME with a running embedded server, stopped at the end of the session."""
+def devdiag_home() -> Iterator[Path]:
+    """A fresh DEVDIAG_HOME with a running embedded server, stopped and removed at the end.
+
+    Not under pytest's basetemp: a second pytest session resets that tree's permissions and would
+    pull the data directory from under this session's server.
+    """
     from orchestrator import embedded
 
-    home = tmp_path_factory.mktemp("devdiag-home")
+    home = Path(tempfile.mkdtemp(prefix="devdiag-test-"))
     os.environ["DEVDIAG_HOME"] = str(home)
     embedded.start()
     yield home
     embedded.stop()
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
