@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -129,8 +128,10 @@ def main() -> None:
         print(json.dumps(figures, indent=2))
         return
     print(f"\nDevDiag analytics core at {figures['raw_rows']:,} raw rows ({figures['database_size']})")
-    print(f"  load (demo generator -> batched writer, COPY, 9 indexes): {figures['load_rows_per_s']:,} rows/s "
-          f"({figures['rows_loaded']:,} rows in {figures['load_seconds']} s)")
+    print(
+        f"  load (demo generator -> batched writer, COPY, 9 indexes): {figures['load_rows_per_s']:,} rows/s "
+        f"({figures['rows_loaded']:,} rows in {figures['load_seconds']} s)"
+    )
     print(f"  dbt build, full, in-process:  {figures['dbt_build_full_s']} s (again: {figures['dbt_build_again_s']} s)")
     print(f"  queries, {args.repeat} timed runs each after a warm-up (ms):")
     print(f"    {'query':24} {'p50':>8} {'p95':>8} {'rows':>8}")

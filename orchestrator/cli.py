@@ -118,24 +118,26 @@ def db_status(as_json: bool) -> None:
     show_default=True,
     help="Whose login: the owner's socket login, or a password login over TCP.",
 )
-def db_url(role: str) -> None:
+@click.option("--db", "dbname", default=None, help="Another database on the same server, e.g. postgres.")
+def db_url(role: str, dbname: str | None) -> None:
     """Print a connection URL that psql accepts: psql "$(devdiag db url)".
 
     The URL of a password role carries its password: it is meant for a pipe, not for a log.
     """
     if role == "owner":
-        click.echo(config.settings().url(with_password=True))
-        return
-    from orchestrator.secrets import role_password
+        where = config.settings()
+    else:
+        from orchestrator.secrets import role_password
 
-    if config.external_settings() is not None:
-        base = config.external_settings()
-        assert base is not None
-        params = {**base.params, "user": role, "password": role_password(role)}
-        click.echo(config.ConnectionSettings(params).url(with_password=True))
-        return
-    embedded.start()
-    click.echo(embedded.tcp_settings(role, role_password(role)).url(with_password=True))
+        external = config.external_settings()
+        if external is not None:
+            where = config.ConnectionSettings({**external.params, "user": role, "password": role_password(role)})
+        else:
+            embedded.start()
+            where = embedded.tcp_settings(role, role_password(role))
+    if dbname:
+        where = config.ConnectionSettings({**where.params, "dbname": dbname}, embedded=where.embedded)
+    click.echo(where.url(with_password=True))
 
 
 # --- setup and build ------------------------------------------------------------------------------
@@ -262,10 +264,14 @@ def demo(runs: int, seed: int) -> None:
 
 # --- operations (each command lives beside its logic) ---------------------------------------------
 
+from orchestrator.alerts import alerts  # noqa: E402
 from orchestrator.backup import backup  # noqa: E402
+from orchestrator.cron import cron  # noqa: E402
 from orchestrator.drill import drill  # noqa: E402
+from orchestrator.grafana.cli import grafana  # noqa: E402
 from orchestrator.restore import restore  # noqa: E402
 from orchestrator.retention import retention  # noqa: E402
+from orchestrator.reviews import capacity, perf, review  # noqa: E402
 
-for command in (retention, backup, restore, drill):
+for command in (retention, backup, restore, drill, alerts, cron, review, capacity, perf, grafana):
     main.add_command(command)
