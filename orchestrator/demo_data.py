@@ -1,0 +1,731 @@
+"""Deterministic, realistic demo history for ``devdiag.diag_run`` (``devdiag demo --runs N``).
+
+``runs`` counts diagnostic runs; a run with two findings writes two rows, so rows ≈ 1.05 × runs.
+
+The model, replayed in time order (one seeded RNG per concern, so runs, problems and outcomes do
+not perturb each other):
+
+- Runs: ``runs`` timestamps over ``days`` up to ``now``, weighted by each tenant's working hours
+  and weekdays, plus a few runs in the last hour (freshness, "new rows today").
+- Incidents: per tenant, problems appear as a Poisson process whose rate does not depend on
+  ``runs`` from ~7,500 runs up (so the concurrent problems, and the distinct problems a day, are
+  the same at 10,000 or 1,000,000 runs: ``runs`` scales sightings and clean runs); smaller demos
+  get fewer incidents, else nearly every run would find one. The code is drawn from a Zipf-like
+  popularity over 20 catalog problems; the same code recurs later.
+- Sightings: while an incident is open, each of its tenant's runs sees it with a probability
+  set by its severity; a run sees at most two. Runs that see nothing are clean rows.
+- Attempts: a sighting with no fix in flight is an attempt: the team picks a fix by Thompson
+  sampling (Beta(successes+1, failures+1) per fix, from the outcomes recorded so far for that
+  tenant × problem). The outcome, drawn from the fix's hidden true success rate, is recorded
+  hours to days later (``resolved_at``); sightings meanwhile carry the same suggestion. ``fixed``
+  or ``manual`` ends the incident; ``failed`` lets the next sighting try again. Outcomes due
+  after ``now`` stay pending (NULL).
+- Confidence: each suggestion stores what ``devdiag.fix_confidence`` gave at that moment, from
+  the outcomes recorded before the run (that tenant, and all tenants); the formula is evaluated
+  by the database, in bulk, never re-implemented here.
+- Guard rails for the health checks and alerts: at most 10 distinct problems a UTC day, and no
+  problem above ~13% of the runs of any trailing 7 days (the alert fires above 20%).
+- The week's two most frequent problems are seen again in the last 20 hours, as dominant
+  problems are current ones: the runbook's "review recent occurrences" step has rows to show.
+
+Resulting shape (checked by tests/python/test_demo_data.py from 2,000 runs up): 45-55% clean
+runs, median time to resolution ~0.3 days, 30-day average confidence of suggestions 0.74-0.88
+(higher with more history). 1M runs: ~7 s to simulate, ~15-25 s to load; ~400 MB peak.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import heapq
+import itertools
+import math
+import random
+import time
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+
+from mcp_devdiag import ids
+from mcp_devdiag.catalog import Problem, load_catalog
+from mcp_devdiag.writer import RunRow, write_runs
+from orchestrator.config import ConnectionSettings
+from orchestrator.db import DatabaseUnavailable, connect
+
+HOUR_US = 3_600_000_000
+DAY_US = 24 * HOUR_US
+MAX_CODES_PER_DAY = 10  # the diversity health check warns above 10
+MAX_CODE_SHARE_7D = 0.13  # of the runs: alert 1 fires above 20% of a 7-day window
+DIVERSITY_SOFT_LIMIT = 8  # above this many codes today, new incidents prefer codes already seen today
+INCIDENTS_PER_DAY = 5.5  # all tenants together
+RUNS_PER_DAY_FOR_FULL_RATE = 40  # below this, fewer incidents (rate × (runs a day / 40) ** 0.6)
+ZIPF_EXPONENT = 0.9
+SECOND_FINDING = 0.3  # chance that a run seeing two open incidents reports both
+MANUAL_SHARE = 0.3  # of the outcomes that are not `fixed`, resolved another way
+SIGHTING = {"critical": 0.75, "error": 0.6, "warning": 0.45}  # per run, while an incident is open
+SCORE_BATCH = 50_000
+FLARE_UP_HOURS = 20  # the week's top problems are seen again within the last day
+FLARE_UP_CODES = 2
+
+# The 20 demo problems, most frequent first (Zipf rank); all must be catalog codes.
+DEMO_CODES = (
+    "PY_MODULE_NOT_FOUND",
+    "NODE_MODULE_NOT_FOUND",
+    "PORT_IN_USE",
+    "CORS_BLOCKED",
+    "CONNECTION_REFUSED",
+    "GIT_MERGE_CONFLICT",
+    "DOCKER_DAEMON_NOT_RUNNING",
+    "DB_AUTH_FAILED",
+    "TS_CANNOT_FIND_MODULE",
+    "NPM_ERESOLVE",
+    "GIT_NON_FAST_FORWARD",
+    "PY_VERSION_MISMATCH",
+    "JS_HEAP_OOM",
+    "DB_PENDING_MIGRATIONS",
+    "TLS_CERT_UNTRUSTED",
+    "PERMISSION_DENIED",
+    "GIT_PUBLICKEY_DENIED",
+    "DOCKER_PORT_ALLOCATED",
+    "FILE_WATCHER_LIMIT",
+    "NODE_ENGINE_MISMATCH",
+)
+
+# Error text as developers paste it, already redacted; each matches its problem's catalog patterns.
+ERROR_TEMPLATES: dict[str, str] = {
+    "PY_MODULE_NOT_FOUND": 'File "/home/dev/{repo}/app/main.py", line {line}, in <module>\n'
+    "    import {pymod}\nModuleNotFoundError: No module named '{pymod}'",
+    "NODE_MODULE_NOT_FOUND": "Error: Cannot find module '{npm}'\nRequire stack:\n- /home/dev/{repo}/src/server.js",
+    "PORT_IN_USE": "Error: listen EADDRINUSE: address already in use :::{port}",
+    "CORS_BLOCKED": "Access to fetch at 'https://api.{domain}/v1/{path}' from origin 'http://localhost:{port}' "
+    "has been blocked by CORS policy: No 'Access-Control-Allow-Origin' header is present on the requested resource.",
+    "CONNECTION_REFUSED": "Error: connect ECONNREFUSED 127.0.0.1:{port}\n"
+    "    at TCPConnectWrap.afterConnect [as oncomplete] (node:net:1595:16)",
+    "GIT_MERGE_CONFLICT": "Auto-merging {file}\nCONFLICT (content): Merge conflict in {file}\n"
+    "Automatic merge failed; fix conflicts and then commit the result.",
+    "DOCKER_DAEMON_NOT_RUNNING": "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. "
+    "Is the docker daemon running?",
+    "DB_AUTH_FAILED": 'connection to server at "db.{domain}" (10.0.{octet}.12), port 5432 failed: FATAL:  '
+    'password authentication failed for user "{dbuser}" (dsn postgresql://{dbuser}:[REDACTED]@db.{domain}/app)',
+    "TS_CANNOT_FIND_MODULE": "src/{tsfile}.ts:{line}:21 - error TS2307: Cannot find module '{npm}' "
+    "or its corresponding type declarations.",
+    "NPM_ERESOLVE": "npm ERR! code ERESOLVE\nnpm ERR! ERESOLVE unable to resolve dependency tree\n"
+    'npm ERR! Found: react@{react}\nnpm ERR! Could not resolve dependency: peer react@"^{react_peer}"',
+    "GIT_NON_FAST_FORWARD": " ! [rejected]        main -> main (fetch first)\n"
+    "error: failed to push some refs to 'github.com:{org}/{repo}.git'\n"
+    "hint: Updates were rejected because the remote contains work that you do not have locally.",
+    "PY_VERSION_MISMATCH": "ERROR: Package '{pypkg}' requires a different Python: "
+    "3.{pyold}.{patch} not in '>=3.{pynew}'",
+    "JS_HEAP_OOM": "<--- Last few GCs --->\nFATAL ERROR: Reached heap limit Allocation failed - "
+    "JavaScript heap out of memory\n 1: 0xb7b3e0 node::Abort() [node]",
+    "DB_PENDING_MIGRATIONS": "You have {count} unapplied migration(s). Your project may not work properly "
+    "until you apply the migrations for app(s): {apps}.",
+    "TLS_CERT_UNTRUSTED": "GET https://{host}.{domain}/api/health net::ERR_CERT_AUTHORITY_INVALID",
+    "PERMISSION_DENIED": "PermissionError: [Errno 13] Permission denied: '/usr/local/lib/python3.{pynew}/"
+    "site-packages/{pymod}'",
+    "GIT_PUBLICKEY_DENIED": "git@github.com: Permission denied (publickey).\n"
+    "fatal: Could not read from remote repository.",
+    "DOCKER_PORT_ALLOCATED": "Error response from daemon: driver failed programming external connectivity on "
+    "endpoint {repo}-{service}-1: Bind for 0.0.0.0:{port} failed: port is already allocated",
+    "FILE_WATCHER_LIMIT": "Error: ENOSPC: System limit for number of file watchers reached, "
+    "watch '/home/dev/{repo}/src'",
+    "NODE_ENGINE_MISMATCH": "npm WARN EBADENGINE Unsupported engine {{\n"
+    "npm WARN EBADENGINE   package: '{npm}@{semver}',\n"
+    "npm WARN EBADENGINE   required: {{ node: '>=20' }},\n"
+    "npm WARN EBADENGINE   current: {{ node: 'v18.19.0', npm: '10.2.3' }}",
+}
+_FILL: dict[str, tuple[str, ...]] = {
+    "repo": ("billing-api", "web-shop", "data-pipeline", "mobile-bff", "auth-service", "docs-site"),
+    "pymod": ("requests", "pandas", "yaml", "dotenv", "psycopg", "pydantic", "boto3"),
+    "pypkg": ("numpy", "django", "pandas", "scipy", "fastapi"),
+    "npm": ("express", "dotenv", "axios", "@nestjs/core", "lodash", "zod", "react-router-dom"),
+    "port": ("3000", "5173", "8000", "8080", "5000", "4200"),
+    "domain": ("example.com", "acme.internal", "corp.local", "staging.example.net"),
+    "path": ("orders", "users/me", "session", "cart/items"),
+    "file": ("src/api/routes.ts", "package-lock.json", "app/models.py", "README.md", "pyproject.toml"),
+    "tsfile": ("index", "api/client", "components/App", "server/db"),
+    "org": ("acme-dev", "globex", "initech-labs"),
+    "dbuser": ("app", "analytics", "devdiag_writer", "web"),
+    "host": ("auth", "api", "registry", "grafana"),
+    "apps": ("orders", "auth, orders", "billing", "accounts, sessions"),
+    "service": ("db", "web", "redis", "api"),
+    "react": ("18.3.1", "18.2.0", "19.0.0"),
+    "react_peer": ("17.0.2", "16.14.0"),
+    "semver": ("5.1.0", "9.0.2", "4.21.1"),
+    "line": ("3", "12", "27", "41"),
+    "octet": ("1", "4", "20"),
+    "count": ("2", "3", "7", "18"),
+    "pyold": ("8", "9", "10"),
+    "pynew": ("11", "12"),
+    "patch": ("10", "13", "18"),
+}
+
+TENANT_NAMES = ("acme", "globex", "initech", "umbrella", "hooli", "soylent", "stark", "wayne")
+# (run volume weight, UTC offset of its working day in hours, environments with weights)
+_TENANT_PROFILES: tuple[tuple[float, float, tuple[tuple[str, float], ...]], ...] = (
+    (
+        0.45,
+        -5,
+        (
+            ("linux/python-3.12/node-20", 0.45),
+            ("macos/python-3.12/node-20", 0.30),
+            ("macos/python-3.11/node-18", 0.15),
+            ("windows/python-3.12/node-20", 0.10),
+        ),
+    ),
+    (
+        0.35,
+        1,
+        (
+            ("macos/python-3.11/node-18", 0.40),
+            ("linux/python-3.11/node-18", 0.30),
+            ("windows/python-3.12", 0.20),
+            ("linux/python-3.12/node-20", 0.10),
+        ),
+    ),
+    (
+        0.20,
+        5.5,
+        (
+            ("windows/python-3.12", 0.45),
+            ("windows/python-3.11/node-18", 0.25),
+            ("linux/python-3.10", 0.20),
+            ("macos/python-3.12/node-22", 0.10),
+        ),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    inserted: int
+    skipped: int
+    seconds: float
+    runs: int = 0
+    rows: int = 0
+    generate_seconds: float = 0.0
+    load_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    weight: float
+    utc_offset_h: float
+    environments: tuple[str, ...]
+    env_cum_weights: tuple[float, ...]
+
+    def environment(self, rng: random.Random) -> str:
+        return self.environments[bisect_right(self.env_cum_weights, rng.random() * self.env_cum_weights[-1])]
+
+
+@dataclass(frozen=True)
+class DemoProblem:
+    code: str
+    severity: str
+    fixes: tuple[str, ...]
+    priors: tuple[float, ...]
+    # hidden true success rate per tenant index and fix index
+    true_rates: tuple[tuple[float, ...], ...]
+
+
+@dataclass(eq=False)
+class _Incident:
+    tenant: int
+    problem: DemoProblem
+    error_msg: str
+    environment: str
+    sighting: float
+    fix: int | None = None  # the fix in flight (an attempt waiting for its outcome)
+    flare_up: bool = False  # reopened for the runbook's "recent occurrences": seen once regardless
+
+
+@dataclass
+class _Row:
+    """A finding (or clean run) before ids and confidence are attached."""
+
+    run: int
+    ts_us: int
+    tenant: int
+    environment: str
+    code: str | None = None
+    fix: str | None = None
+    score_key: tuple[float, int, int, int, int] | None = None
+    resolution: str | None = None
+    resolved_us: int | None = None
+    error_msg: str | None = None
+
+
+# --- public API -----------------------------------------------------------------------------------
+
+
+def generate(
+    runs: int,
+    *,
+    conn: psycopg.Connection,
+    seed: int = 7,
+    now: datetime | None = None,
+    days: int = 185,
+    tenants: int = 3,
+) -> list[RunRow]:
+    """The demo rows for ``runs`` diagnostic runs, in time order; deterministic for (seed, now).
+
+    ``conn`` evaluates ``devdiag.fix_confidence`` (the raw schema must exist: `devdiag setup`).
+    """
+    with _gc_paused():
+        return list(_iter_rows(*_simulate(conn, runs, seed, now, days, tenants)))
+
+
+def load_demo(
+    settings: ConnectionSettings,
+    runs: int,
+    seed: int = 7,
+    now: datetime | None = None,
+    *,
+    days: int = 185,
+    tenants: int = 3,
+) -> LoadReport:
+    """Generate and load the demo history; loading the same (runs, seed, now) again inserts 0.
+
+    Rows are built batch by batch as the writer takes them, so a million runs never sit in memory
+    as a million row objects.
+    """
+    started = time.perf_counter()
+    with connect(settings) as conn, _gc_paused():
+        _require_schema(conn)
+        simulation = _simulate(conn, runs, seed, now, days, tenants)
+        records = simulation[0]
+        simulated = time.perf_counter()
+        inserted = write_runs(conn, _iter_rows(*simulation))
+    done = time.perf_counter()
+    return LoadReport(
+        inserted=inserted,
+        skipped=len(records) - inserted,
+        seconds=done - started,
+        runs=runs,
+        rows=len(records),
+        generate_seconds=simulated - started,
+        load_seconds=done - simulated,
+    )
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    # Millions of small objects and no cycles: the cyclic GC would only rescan them, again and again.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _simulate(
+    conn: psycopg.Connection, runs: int, seed: int, now: datetime | None, days: int, tenants: int
+) -> tuple[list[_Row], dict[tuple, float], tuple[Tenant, ...], int]:
+    """Replay the history, then score every suggestion with devdiag.fix_confidence in bulk."""
+    if runs < 1:
+        raise ValueError(f"runs must be at least 1, got {runs}")
+    if days < 8:
+        raise ValueError(f"days must be at least 8 (a 7-day window and today), got {days}")
+    if not 1 <= tenants <= len(TENANT_NAMES):
+        raise ValueError(f"tenants must be between 1 and {len(TENANT_NAMES)}, got {tenants}")
+    now_us = ids.micros(now if now is not None else datetime.now(UTC))  # rejects a naive `now`
+    sim = _Simulation(runs, seed, now_us, days, tenants)
+    records = sim.run()
+    scores = _score(conn, {r.score_key for r in records if r.score_key is not None})
+    return records, scores, sim.tenants, seed
+
+
+def demo_problems(seed: int = 7, tenants: int = 3) -> tuple[DemoProblem, ...]:
+    """The 20 demo problems with their catalog fixes, priors and hidden true success rates."""
+    catalog = load_catalog()
+    codes = [c for c in DEMO_CODES if c in catalog.problems]
+    codes += [p.code for p in catalog if p.code not in codes and len(p.fixes) >= 2][: len(DEMO_CODES) - len(codes)]
+    return tuple(_demo_problem(catalog.problem(code), seed, tenants) for code in codes)
+
+
+def demo_tenants(count: int = 3) -> tuple[Tenant, ...]:
+    result = []
+    for i in range(count):
+        weight, offset, envs = _TENANT_PROFILES[i % len(_TENANT_PROFILES)]
+        if i >= len(_TENANT_PROFILES):
+            weight, offset = weight * 0.6, offset + 3 * (i // len(_TENANT_PROFILES))
+        labels = tuple(e for e, _ in envs)
+        result.append(Tenant(TENANT_NAMES[i], weight, offset, labels, tuple(itertools.accumulate(w for _, w in envs))))
+    return tuple(result)
+
+
+def error_message(code: str, rng: random.Random) -> str | None:
+    """A realistic, redacted error text for ``code`` (None when the demo has no template for it)."""
+    template = ERROR_TEMPLATES.get(code)
+    if template is None:
+        return None
+    return template.format(**{k: rng.choice(v) for k, v in _FILL.items()})
+
+
+# --- problems and tenants -------------------------------------------------------------------------
+
+
+def _demo_problem(problem: Problem, seed: int, tenants: int) -> DemoProblem:
+    """True rates: one fix works well (not always the catalog's first), the others less so."""
+    rng = random.Random(f"{seed}:truth:{problem.code}")
+    fixes = problem.fixes
+    best = 0 if rng.random() < 0.45 else rng.randrange(1, len(fixes))
+    base = [rng.uniform(0.86, 0.96) if i == best else rng.uniform(0.25, 0.6) for i in range(len(fixes))]
+    priors = tuple(f.prior for f in fixes)
+    rates = tuple(
+        tuple(_unlike(min(0.97, max(0.05, b + rng.gauss(0, 0.04))), p) for b, p in zip(base, priors, strict=True))
+        for _ in range(tenants)
+    )
+    return DemoProblem(problem.code, problem.severity, tuple(f.id for f in fixes), priors, rates)
+
+
+def _unlike(rate: float, prior: float, gap: float = 0.05) -> float:
+    """Keep a true rate at least ``gap`` away from the catalog's prior: learning must have work to do."""
+    if abs(rate - prior) >= gap:
+        return rate
+    return prior + gap if prior + gap <= 0.97 else prior - gap
+
+
+# --- the simulation -------------------------------------------------------------------------------
+
+
+def _activity(hour_utc: int, weekday_utc: int, offset_h: float) -> float:
+    """Relative activity of a tenant in one UTC hour: working hours, quieter nights and weekends."""
+    local = (hour_utc + offset_h) % 24
+    weekday = (weekday_utc + (1 if hour_utc + offset_h >= 24 else -1 if hour_utc + offset_h < 0 else 0)) % 7
+    day = 1.0 if weekday < 5 else 0.25
+    if 9 <= local < 18:
+        hour = 1.0
+    elif 7 <= local < 21:
+        hour = 0.5
+    else:
+        hour = 0.12
+    return day * hour
+
+
+class _Simulation:
+    def __init__(self, runs: int, seed: int, now_us: int, days: int, tenants: int) -> None:
+        self.runs = runs
+        self.now_us = now_us
+        self.start_us = now_us - days * DAY_US
+        self.tenants = demo_tenants(tenants)
+        # Small demos have too few runs to sight many problems: fewer incidents, else almost
+        # every run would find one. From ~7,500 runs (40 a day) on, the rate no longer depends on N.
+        runs_per_day = runs / days
+        self.incidents_per_day = INCIDENTS_PER_DAY * min(1.0, runs_per_day / RUNS_PER_DAY_FOR_FULL_RATE) ** 0.6
+        self.problems = demo_problems(seed, tenants)
+        ranks = range(1, len(self.problems) + 1)
+        self.popularity = [r**-ZIPF_EXPONENT for r in ranks]
+        # One RNG per concern: changing the number of runs does not reshuffle the incidents' codes.
+        self.rng_runs = random.Random(f"{seed}:runs")
+        self.rng_incidents = random.Random(f"{seed}:incidents")
+        self.rng_sight = random.Random(f"{seed}:sightings")
+        self.rng_outcomes = random.Random(f"{seed}:outcomes")
+        # outcomes recorded so far: (tenant, code, fix) and (code, fix) -> [successes, attempts]
+        self.by_tenant: dict[tuple[int, str, str], list[int]] = {}
+        self.by_fix: dict[tuple[str, str], list[int]] = {}
+        self.open: list[list[_Incident]] = [[] for _ in self.tenants]
+        self.pending: list[tuple[int, int, _Incident, int, bool, bool]] = []  # outcome heap
+        self.seq = itertools.count()
+        # today's distinct codes and the trailing 7-day counts (hour buckets)
+        self.day = -1
+        self.today: set[str] = set()
+        self.hour = -1
+        self.win_runs = 0
+        self.win_codes: dict[str, int] = {}
+        self.hour_log: dict[int, tuple[int, dict[str, int]]] = {}
+
+    # -- timelines --
+
+    def _hour_weights(self) -> tuple[list[int], list[float]]:
+        """(tenant << 40 | hour, cumulative weight) over tenants × hours, for sampling run times."""
+        keys: list[int] = []
+        cum: list[float] = []
+        total = 0.0
+        first_hour = self.start_us // HOUR_US
+        last_hour = (self.now_us - 1) // HOUR_US
+        span_hours = last_hour - first_hour + 1
+        for t, tenant in enumerate(self.tenants):
+            for h in range(first_hour, last_hour + 1):
+                lo, hi = max(h * HOUR_US, self.start_us), min((h + 1) * HOUR_US, self.now_us)
+                dt = datetime.fromtimestamp(h * 3600, UTC)
+                growth = 0.8 + 0.4 * (h - first_hour) / span_hours  # adoption grows over the period
+                total += tenant.weight * _activity(dt.hour, dt.weekday(), tenant.utc_offset_h) * growth * (hi - lo)
+                keys.append(t * (1 << 40) + h)
+                cum.append(total)
+        return keys, cum
+
+    def _run_times(self) -> list[tuple[int, int]]:
+        """Sorted (ts_us, tenant) of every run; the last hour before `now` always has runs."""
+        rng = self.rng_runs
+        anchors = min(self.runs, 3)
+        keys, cum = self._hour_weights()
+        picks = rng.choices(keys, cum_weights=cum, k=self.runs - anchors)
+        out = []
+        for key in picks:
+            tenant, h = divmod(key, 1 << 40)
+            lo, hi = max(h * HOUR_US, self.start_us), min((h + 1) * HOUR_US, self.now_us)
+            out.append((lo + int(rng.random() * (hi - lo)), tenant))
+        # Freshness: a few runs in the last hour, and today (UTC) when today has begun.
+        lo = max(self.now_us - HOUR_US, self.now_us - self.now_us % DAY_US)
+        for _ in range(anchors):
+            out.append((lo + int(rng.random() * max(1, self.now_us - lo)), rng.randrange(len(self.tenants))))
+        out.sort()
+        return out
+
+    def _arrivals(self) -> list[tuple[int, int]]:
+        """Sorted (ts_us, tenant) at which a new problem appears, independent of the run count."""
+        rng = self.rng_incidents
+        weights = [math.sqrt(t.weight) for t in self.tenants]
+        out = []
+        for t, tenant in enumerate(self.tenants):
+            per_day = self.incidents_per_day * weights[t] / sum(weights) * min(1.0, len(self.tenants) / 3)
+            # normalise activity so the tenant averages `per_day` over a week
+            week = [_activity(h % 24, h // 24, tenant.utc_offset_h) for h in range(24 * 7)]
+            scale = per_day * 7 / sum(week)
+            for h in range(self.start_us // HOUR_US, (self.now_us - 1) // HOUR_US + 1):
+                dt = datetime.fromtimestamp(h * 3600, UTC)
+                if rng.random() < scale * _activity(dt.hour, dt.weekday(), tenant.utc_offset_h):
+                    ts = max(h * HOUR_US, self.start_us) + int(rng.random() * HOUR_US)
+                    if ts < self.now_us:
+                        out.append((ts, t))
+        out.sort()
+        return out
+
+    # -- the replay --
+
+    def run(self) -> list[_Row]:
+        arrivals = self._arrivals()
+        records: list[_Row] = []
+        ai = 0
+        flare_at = self.now_us - FLARE_UP_HOURS * HOUR_US
+        for run_no, (ts, tenant) in enumerate(self._run_times()):
+            ai = self._advance(ts, arrivals, ai)
+            self._roll_windows(ts)
+            if flare_at is not None and ts >= flare_at:
+                self._flare_up()
+                flare_at = None
+            found = self._sightings(tenant)
+            records.extend(self._record_run(run_no, ts, tenant, found))
+        return records
+
+    def _advance(self, ts: int, arrivals: list[tuple[int, int]], ai: int) -> int:
+        """Apply, in time order, the outcomes recorded and the problems that appeared before ts."""
+        pending = self.pending
+        while True:
+            next_outcome = pending[0][0] if pending else None
+            next_arrival = arrivals[ai][0] if ai < len(arrivals) else None
+            if (
+                next_outcome is not None
+                and next_outcome < ts
+                and (next_arrival is None or next_outcome <= next_arrival)
+            ):
+                self._apply_outcome(*heapq.heappop(pending)[2:])
+            elif next_arrival is not None and next_arrival < ts:
+                self._open_incident(arrivals[ai][1], arrivals[ai][0])
+                ai += 1
+            else:
+                return ai
+
+    def _apply_outcome(self, inc: _Incident, fix: int, success: bool, ends: bool) -> None:
+        code, fix_id = inc.problem.code, inc.problem.fixes[fix]
+        for counts in (
+            self.by_tenant.setdefault((inc.tenant, code, fix_id), [0, 0]),
+            self.by_fix.setdefault((code, fix_id), [0, 0]),
+        ):
+            counts[0] += success
+            counts[1] += 1
+        inc.fix = None
+        if ends:
+            self.open[inc.tenant].remove(inc)
+
+    def _open_incident(self, tenant: int, ts: int) -> None:
+        rng = self.rng_incidents
+        busy = {inc.problem.code for inc in self.open[tenant]}
+        weights = []
+        for problem, pop in zip(self.problems, self.popularity, strict=True):
+            w = 0.0 if problem.code in busy else pop
+            if self.win_runs and self.win_codes.get(problem.code, 0) > 0.6 * MAX_CODE_SHARE_7D * self.win_runs:
+                w *= 0.05  # already prominent this week: let another problem have its turn
+            if len(self.today) >= DIVERSITY_SOFT_LIMIT and problem.code not in self.today:
+                w *= 0.05
+            weights.append(w)
+        if any(weights):
+            self._start(tenant, rng.choices(self.problems, weights=weights)[0])
+
+    def _start(self, tenant: int, problem: DemoProblem, *, flare_up: bool = False) -> None:
+        rng = self.rng_incidents
+        inc = _Incident(
+            tenant=tenant,
+            problem=problem,
+            error_msg=error_message(problem.code, rng) or problem.code,
+            environment=self.tenants[tenant].environment(rng),
+            sighting=SIGHTING.get(problem.severity, 0.55),
+            flare_up=flare_up,
+        )
+        self.open[tenant].append(inc)
+
+    def _flare_up(self) -> None:
+        """The week's most frequent problems are still around in the last day, as dominant problems
+        are: the runbook's "review recent occurrences" of the top problem then has rows to show."""
+        top = sorted(self.win_codes.items(), key=lambda kv: (-kv[1], kv[0]))[:FLARE_UP_CODES]
+        by_code = {p.code: p for p in self.problems}
+        busiest = max(range(len(self.tenants)), key=lambda t: self.tenants[t].weight)
+        for code, count in top:
+            if count and not any(inc.problem.code == code for incs in self.open for inc in incs):
+                self._start(busiest, by_code[code], flare_up=True)
+
+    def _roll_windows(self, ts: int) -> None:
+        day = ts // DAY_US
+        if day != self.day:
+            self.day, self.today = day, set()
+        hour = ts // HOUR_US
+        if hour != self.hour:
+            for old in [h for h in self.hour_log if h <= hour - 24 * 7]:
+                runs, codes = self.hour_log.pop(old)
+                self.win_runs -= runs
+                for code, n in codes.items():
+                    self.win_codes[code] -= n
+            self.hour = hour
+            self.hour_log[hour] = (0, {})
+
+    def _sightable(self, inc: _Incident) -> bool:
+        code = inc.problem.code
+        if code not in self.today and len(self.today) >= MAX_CODES_PER_DAY:
+            return False
+        # The share is checked when a sighting is added; it can still creep up as older runs leave
+        # the window (a quiet weekend after a busy week), hence the margin below the alert's 20%.
+        seen = self.win_codes.get(code, 0) + 1
+        return seen <= 5 or inc.flare_up or seen <= MAX_CODE_SHARE_7D * (self.win_runs + 1)
+
+    def _sightings(self, tenant: int) -> list[_Incident]:
+        rng = self.rng_sight
+        hits = [inc for inc in self.open[tenant] if rng.random() < inc.sighting and self._sightable(inc)]
+        if len(hits) > 1:
+            rng.shuffle(hits)
+            hits = hits[:2] if rng.random() < SECOND_FINDING else hits[:1]
+            if len(self.today | {inc.problem.code for inc in hits}) > MAX_CODES_PER_DAY:
+                hits = hits[:1]  # each was allowed alone, not both: keep the day within the limit
+        return hits
+
+    def _record_run(self, run_no: int, ts: int, tenant: int, found: list[_Incident]) -> Iterable[_Row]:
+        runs, codes = self.hour_log[self.hour]
+        self.hour_log[self.hour] = (runs + 1, codes)
+        self.win_runs += 1
+        if not found:
+            return [_Row(run_no, ts, tenant, self.tenants[tenant].environment(self.rng_runs))]
+        # A run happens in one environment: the first incident's, most of the time.
+        env = found[0].environment
+        if self.rng_runs.random() < 0.3:
+            env = self.tenants[tenant].environment(self.rng_runs)
+        rows = []
+        for inc in found:
+            code = inc.problem.code
+            self.today.add(code)
+            codes[code] = codes.get(code, 0) + 1
+            self.win_codes[code] = self.win_codes.get(code, 0) + 1
+            rows.append(self._finding(run_no, ts, tenant, env, inc))
+        return rows
+
+    def _finding(self, run_no: int, ts: int, tenant: int, env: str, inc: _Incident) -> _Row:
+        problem = inc.problem
+        row = _Row(run_no, ts, tenant, env, problem.code, error_msg=inc.error_msg)
+        inc.flare_up = False  # seen: from now on the usual limits apply
+        if inc.fix is None:
+            inc.fix = self._choose_fix(tenant, problem)
+            self._attempt(row, inc)
+        fix_id = problem.fixes[inc.fix]
+        row.fix = fix_id
+        mine = self.by_tenant.get((tenant, problem.code, fix_id), (0, 0))
+        everyone = self.by_fix.get((problem.code, fix_id), (0, 0))
+        row.score_key = (problem.priors[inc.fix], everyone[0], everyone[1], mine[0], mine[1])
+        return row
+
+    def _choose_fix(self, tenant: int, problem: DemoProblem) -> int:
+        """Thompson sampling on this tenant's recorded outcomes for the problem's fixes."""
+        rng = self.rng_outcomes
+        best, best_draw = 0, -1.0
+        for i, fix_id in enumerate(problem.fixes):
+            s, n = self.by_tenant.get((tenant, problem.code, fix_id), (0, 0))
+            draw = rng.betavariate(s + 1, n - s + 1)
+            if draw > best_draw:
+                best, best_draw = i, draw
+        return best
+
+    def _attempt(self, row: _Row, inc: _Incident) -> None:
+        """The fix is tried; its outcome is recorded hours to days later (pending if after now)."""
+        rng = self.rng_outcomes
+        assert inc.fix is not None
+        success = rng.random() < inc.problem.true_rates[inc.tenant][inc.fix]
+        resolution = "fixed" if success else ("manual" if rng.random() < MANUAL_SHARE else "failed")
+        delay_h = min(120.0, max(0.15, rng.lognormvariate(math.log(6.0), 1.0)))
+        resolved = row.ts_us + int(delay_h * HOUR_US)
+        if resolved > self.now_us:
+            return  # still pending: the fix stays in flight until the end of the demo
+        row.resolution, row.resolved_us = resolution, resolved
+        heapq.heappush(self.pending, (resolved, next(self.seq), inc, inc.fix, success, resolution != "failed"))
+
+
+# --- confidence and rows --------------------------------------------------------------------------
+
+
+def _score(conn: psycopg.Connection, keys: set[tuple[float, int, int, int, int]]) -> dict[tuple, float]:
+    """devdiag.fix_confidence for every distinct (prior, s_all, n_all, s_tenant, n_tenant), in bulk."""
+    ordered = sorted(keys)
+    scores: dict[tuple, float] = {}
+    for i in range(0, len(ordered), SCORE_BATCH):
+        chunk = ordered[i : i + SCORE_BATCH]
+        columns = list(zip(*chunk, strict=True))
+        cur = conn.execute(
+            "select devdiag.fix_confidence(p, sa, na, st, nt) from unnest("
+            "%s::float8[], %s::int8[], %s::int8[], %s::int8[], %s::int8[]) with ordinality as u(p, sa, na, st, nt, i) "
+            "order by i",
+            [list(c) for c in columns],
+        )
+        scores.update(zip(chunk, (r[0] for r in cur), strict=True))
+    return scores
+
+
+def _iter_rows(
+    records: Sequence[_Row], scores: dict[tuple, float], tenants: Sequence[Tenant], seed: int
+) -> Iterator[RunRow]:
+    """The rows, with time-ordered ids drawn from a seeded stream (same seed, same ids)."""
+    rng = random.Random(f"{seed}:ids")
+    bits = rng.getrandbits
+    uuid7_int, from_int = ids.uuid7_int, ids.from_int
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    names = [t.name for t in tenants]
+    run_no, run_id, ts = -1, None, None
+    for r in records:
+        if r.run != run_no:
+            run_no = r.run
+            run_id = from_int(uuid7_int(r.ts_us, bits(62)))
+            ts = epoch + timedelta(microseconds=r.ts_us)
+        yield RunRow(
+            from_int(uuid7_int(r.ts_us, bits(62))),
+            run_id,
+            ts,
+            names[r.tenant],
+            r.environment,
+            r.code,
+            r.fix,
+            scores[r.score_key] if r.score_key is not None else None,
+            r.resolution,
+            epoch + timedelta(microseconds=r.resolved_us) if r.resolved_us is not None else None,
+            r.error_msg,
+        )
+
+
+def _require_schema(conn: psycopg.Connection) -> None:
+    found = conn.execute(
+        "select to_regclass('devdiag.diag_run') is not null, "
+        "to_regprocedure('devdiag.fix_confidence(double precision, bigint, bigint, bigint, bigint)') is not null"
+    ).fetchone()
+    if not (found and all(found)):
+        raise DatabaseUnavailable("the DevDiag schema is missing: run `devdiag setup` first")
