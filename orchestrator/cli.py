@@ -140,6 +140,27 @@ def db_url(role: str, dbname: str | None) -> None:
     click.echo(where.url(with_password=True))
 
 
+@db.command("psql", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+def db_psql(psql_args: tuple[str, ...]) -> None:
+    """Open psql (the one bundled with the embedded server) on the database, as the owner.
+
+    Extra arguments go to psql: devdiag db psql -c "select count(*) from devdiag.diag_run".
+    """
+    import os
+    import shutil
+
+    where = config.settings()
+    program = embedded.pg_bin("psql")
+    if where.embedded is False and not os.path.exists(program):
+        program = shutil.which("psql") or program
+    env = {**os.environ}
+    if where.params.get("password"):
+        env["PGPASSWORD"] = where.params["password"]  # never on the command line
+    url = config.ConnectionSettings({k: v for k, v in where.params.items() if k != "password"}).url()
+    os.execve(program, [program, url, *psql_args], env)
+
+
 # --- setup and build ------------------------------------------------------------------------------
 
 
@@ -190,10 +211,11 @@ def build(selector: str | None, as_json: bool) -> None:
 def _print_health(checks: list) -> None:
     marks = {"pass": "ok", "warn": "WARN", "fail": "FAIL"}
     width = max(len(c.name) for c in checks)
-    click.echo(f"{'check':{width}}  {'value':>10}  {'threshold':<16} status")
+    limit = max(len("threshold"), *(len(c.threshold) for c in checks))
+    click.echo(f"{'check':{width}}  {'value':>10}  {'threshold':<{limit}}  status")
     for c in checks:
         value = "-" if c.value is None else f"{c.value:,.2f}".rstrip("0").rstrip(".")
-        line = f"{c.name:{width}}  {value:>10}  {c.threshold:<16} {marks[c.status]}"
+        line = f"{c.name:{width}}  {value:>10}  {c.threshold:<{limit}}  {marks[c.status]}"
         if c.status != "pass" and c.message:
             line += f"  ({c.message})"
         click.echo(line)
@@ -229,12 +251,11 @@ def health(as_json: bool) -> None:
 def demo(runs: int, seed: int) -> None:
     """Everything on one machine: embedded database, setup, demo history, dbt build, health checks.
 
-    Safe to run again: demo rows are keyed by id, so a second run loads nothing twice.
+    Safe to run again: while the demo history is fresh nothing is added; once it is over an hour
+    old it is replaced by one that ends now. Refuses a database that holds other tenants' runs.
     """
-    from datetime import UTC, datetime
-
     from orchestrator import dbt
-    from orchestrator.demo_data import load_demo
+    from orchestrator.demo_data import refresh_demo
     from orchestrator.health import run_health
     from orchestrator.provision import setup as run_setup
 
@@ -242,8 +263,15 @@ def demo(runs: int, seed: int) -> None:
     status_line(f"database: {where.describe()}")
     run_setup(where)
     status_line("setup: schema, indexes, roles and fix catalog ready")
-    report = load_demo(where, runs=runs, seed=seed, now=datetime.now(UTC))
-    status_line(f"demo data: {report.inserted:,} rows loaded, {report.skipped:,} already there ({report.seconds:.1f}s)")
+    refreshed = refresh_demo(where, runs=runs, seed=seed)
+    if refreshed.report is None:
+        status_line("demo data: already loaded and fresh, nothing added")
+    else:
+        replaced = f", replacing {refreshed.removed:,} stale rows" if refreshed.removed else ""
+        status_line(
+            f"demo data: {refreshed.report.inserted:,} rows of 185 days ending now{replaced} "
+            f"({refreshed.report.seconds:.1f}s)"
+        )
     results = dbt.invoke(where, ["build"])
     broken = [r for r in results if r.status in {"error", "fail"}]
     status_line(f"dbt build: {len(results)} nodes, {len(broken)} failing")
@@ -253,7 +281,7 @@ def demo(runs: int, seed: int) -> None:
     _print_health(checks)
     click.echo(
         "\nNext:\n"
-        '  psql "$(devdiag db url)" -c "select * from devdiag.v_problem_counts order by day desc limit 10"\n'
+        '  devdiag db psql -c "select * from devdiag.v_problem_counts order by day desc limit 10"\n'
         "  devdiag health --json        # the checks, for scripts\n"
         "  devdiag build                # rebuild the views after new runs\n"
         "  devdiag db stop              # stop the embedded PostgreSQL"

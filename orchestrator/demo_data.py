@@ -47,6 +47,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import click
 import psycopg
 
 from mcp_devdiag import ids
@@ -310,6 +311,46 @@ def load_demo(
         generate_seconds=simulated - started,
         load_seconds=done - simulated,
     )
+
+
+@dataclass(frozen=True)
+class DemoRefresh:
+    action: str  # "loaded", "kept" (fresh already) or "replaced" (stale history swapped for one ending now)
+    removed: int
+    report: LoadReport | None
+
+
+FRESH_FOR = timedelta(hours=1)
+
+
+def refresh_demo(settings: ConnectionSettings, runs: int, seed: int = 7, *, tenants: int = 3) -> DemoRefresh:
+    """What `devdiag demo` does with the data, safe to repeat.
+
+    A demo history ends now. Run again while it is fresh (newest run under an hour old), nothing is
+    loaded; once it has gone stale, the demo tenants' rows are replaced by a history ending now (a
+    second history beside the first would double every figure). A database holding any other
+    tenant's runs is refused: the demo never deletes real data.
+    """
+    names = [t.name for t in demo_tenants(tenants)]
+    with connect(settings) as conn:
+        _require_schema(conn)
+        foreign = conn.execute(
+            "select tenant_id from devdiag.diag_run where tenant_id <> all(%s) limit 1", (names,)
+        ).fetchone()
+        if foreign:
+            raise click.ClickException(
+                f"{settings.describe()} holds runs of tenant {foreign[0]!r}, not demo data: "
+                "run the demo on the embedded database (unset DEVDIAG_PG_*) or on an empty one"
+            )
+        newest = conn.execute("select max(ts) from devdiag.diag_run").fetchone()[0]
+        now = datetime.now(UTC)
+        if newest is not None and now - newest < FRESH_FOR:
+            return DemoRefresh("kept", 0, None)
+        removed = 0
+        if newest is not None:
+            removed = conn.execute("delete from devdiag.diag_run where tenant_id = any(%s)", (names,)).rowcount
+    report = load_demo(settings, runs=runs, seed=seed, now=now, tenants=tenants)
+    return DemoRefresh("replaced" if removed else "loaded", removed, report)
 
 
 @contextlib.contextmanager
