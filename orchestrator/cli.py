@@ -297,9 +297,10 @@ from orchestrator.backup import backup  # noqa: E402
 from orchestrator.cron import cron  # noqa: E402
 from orchestrator.drill import drill  # noqa: E402
 from orchestrator.grafana.cli import grafana  # noqa: E402
+from orchestrator.ingest import flush, load  # noqa: E402
 from orchestrator.restore import restore  # noqa: E402
 from orchestrator.retention import retention  # noqa: E402
 from orchestrator.reviews import capacity, perf, review  # noqa: E402
 
-for command in (retention, backup, restore, drill, alerts, cron, review, capacity, perf, grafana):
+for command in (retention, backup, restore, drill, alerts, cron, review, capacity, perf, grafana, flush, load):
     main.add_command(command)

@@ -195,6 +195,8 @@ ranked as (
         successes_all,
         attempts_all,
         confidence,
+        -- the build's start; the MCP server adds outcomes recorded after it (learning.py)
+        now() as built_at,
         row_number() over (
             partition by tenant_id, problem_code
             order by

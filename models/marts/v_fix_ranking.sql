@@ -16,7 +16,8 @@ with fix_ranking as (
         attempts_tenant,
         successes_all,
         attempts_all,
-        confidence
+        confidence,
+        built_at
     from {{ ref('int_fix_ranking') }}
 
 )

@@ -71,6 +71,7 @@ PUBLIC_VIEWS: dict[str, list[tuple[str, str]]] = {
         ("successes_all", "bigint"),
         ("attempts_all", "bigint"),
         ("confidence", "double precision"),
+        ("built_at", "timestamp with time zone"),
     ],
 }
 # Table models and the column each is indexed on for the runbook's filters.

@@ -1,0 +1,259 @@
+"""Learned fix rankings: what the server suggests, and in which order.
+
+Confidence. The confidence shown with a fix is ``devdiag.fix_confidence`` (macros/fix_confidence.sql),
+the one learning formula: a Beta posterior mean from the catalog prior, shrunk from all tenants to
+this tenant. It is computed in SQL, never in Python.
+
+Freshness. ``devdiag.v_fix_ranking`` holds the counts as of its last ``dbt build`` (column
+``built_at``); outcomes recorded since then (``resolved_at > built_at``, found through the index
+``ix_diag_run_resolved_at``) are added in the same statement, so a suggestion moves as soon as an
+outcome is recorded, not minutes later. When the view is missing, lacks ``built_at`` or cannot be
+read, every outcome of the problems asked about is counted from the raw table instead (index
+``ix_diag_run_outcomes``); fixes the view does not know yet fall back to the catalog prior.
+Fallback order for a tenant: its own outcomes, all tenants' outcomes, the catalog prior; the formula
+does that weighting itself.
+
+Exploration. Ordering fixes by posterior mean alone would never try a fix whose prior is low: a
+fix that is never suggested could never prove itself. ``diagnose`` therefore orders fixes by
+Thompson sampling: each fix draws θ ~ Beta(c·ν, (1−c)·ν), c its confidence, and suggests the fixes
+in the order of their draws, so a fix comes first with the probability that it is the best one.
+ν, the pseudo-outcomes behind c, follows the formula's own two levels: the all-tenants estimate
+rests on k + n_all outcomes (k the prior strength) but counts for at most m (the tenant strength)
+at the tenant level, where the tenant's own n_t outcomes add: ν = min(m, k + n_all) + n_t. k and m
+are read from the formula itself (fix_confidence(0, 1, 1, 0, 0) = 1/(k+1), fix_confidence(0, 0, 0,
+1, 1) = 1/(m+1)), never configured twice. With no outcomes anywhere, θ follows the catalog prior at
+its declared strength; uncertain fixes get tried, and a clearly better fix wins quickly.
+Simulated (tests/python/test_learning.py), this finds the truly best fix after 30 outcomes per
+problem for ~94% of problems, against ~92% with ν = m + n_t; plain ranking by c gets stuck on the
+prior's favourite. ``suggest_fixes`` shows the ranking itself (by confidence), without sampling.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+import psycopg
+
+from mcp_devdiag.catalog import Catalog, Fix
+
+log = logging.getLogger(__name__)
+
+Source = Literal["tenant", "all_tenants", "catalog"]
+VIEW_RETRY_S = 60.0  # after the view failed, read raw outcomes for this long before trying it again
+
+_FRESH = """
+    select
+        d.problem_code,
+        d.fix_suggestion as fix_id,
+        count(*) filter (where d.resolution = 'fixed') as successes_all,
+        count(*) as attempts_all,
+        count(*) filter (where d.resolution = 'fixed' and d.tenant_id = %(tenant)s) as successes_tenant,
+        count(*) filter (where d.tenant_id = %(tenant)s) as attempts_tenant
+    from devdiag.diag_run as d
+    where
+        d.resolution is not null
+        and d.fix_suggestion is not null
+        and d.problem_code = any(%(problems)s)
+        and d.resolved_at > %(as_of)s
+    group by 1, 2
+"""
+
+_CATALOG = """
+    select * from unnest(%(codes)s::text[], %(fix_ids)s::text[], %(priors)s::float8[])
+        as c (problem_code, fix_id, prior)
+"""
+
+_SCORE = """
+select
+    cat.problem_code,
+    cat.fix_id,
+    coalesce(l.successes_tenant, 0) + coalesce(f.successes_tenant, 0) as successes_tenant,
+    coalesce(l.attempts_tenant, 0) + coalesce(f.attempts_tenant, 0) as attempts_tenant,
+    coalesce(l.successes_all, 0) + coalesce(f.successes_all, 0) as successes_all,
+    coalesce(l.attempts_all, 0) + coalesce(f.attempts_all, 0) as attempts_all,
+    devdiag.fix_confidence(
+        cat.prior,
+        (coalesce(l.successes_all, 0) + coalesce(f.successes_all, 0))::bigint,
+        (coalesce(l.attempts_all, 0) + coalesce(f.attempts_all, 0))::bigint,
+        (coalesce(l.successes_tenant, 0) + coalesce(f.successes_tenant, 0))::bigint,
+        (coalesce(l.attempts_tenant, 0) + coalesce(f.attempts_tenant, 0))::bigint
+    ) as confidence,
+    1.0 / devdiag.fix_confidence(0, 0, 0, 1, 1) - 1 as tenant_strength,
+    1.0 / devdiag.fix_confidence(0, 1, 1, 0, 0) - 1 as prior_strength,
+    {built_at} as built_at
+from cat
+left join learned as l on l.problem_code = cat.problem_code and l.fix_id = cat.fix_id
+left join fresh as f on f.problem_code = cat.problem_code and f.fix_id = cat.fix_id
+"""
+
+# Counts as of the last build, from this tenant's rows or else the all-tenants row ('*').
+_FROM_VIEW = (
+    "with cat as ("
+    + _CATALOG
+    + """),
+learned as (
+    select distinct on (r.problem_code, r.fix_id)
+        r.problem_code,
+        r.fix_id,
+        r.successes_all,
+        r.attempts_all,
+        case when r.tenant_id = %(tenant)s then r.successes_tenant else 0 end as successes_tenant,
+        case when r.tenant_id = %(tenant)s then r.attempts_tenant else 0 end as attempts_tenant
+    from devdiag.v_fix_ranking as r
+    where r.tenant_id in (%(tenant)s, '*') and r.problem_code = any(%(problems)s)
+    order by r.problem_code, r.fix_id, r.tenant_id = '*'
+),
+fresh as ("""
+    + _FRESH
+    + ")"
+    + _SCORE.format(built_at="(select v.built_at from devdiag.v_fix_ranking as v limit 1)")
+)
+
+# No usable view: every recorded outcome counts.
+_FROM_RAW = (
+    "with cat as ("
+    + _CATALOG
+    + """),
+learned as (
+    select
+        null::text as problem_code, null::text as fix_id,
+        0::bigint as successes_all, 0::bigint as attempts_all,
+        0::bigint as successes_tenant, 0::bigint as attempts_tenant
+    where false
+),
+fresh as ("""
+    + _FRESH
+    + ")"
+    + _SCORE.format(built_at="null::timestamptz")
+)
+
+_BUILT_AT = "select built_at from devdiag.v_fix_ranking limit 1"
+# Reasons to read the raw table instead of the view; the connection stays usable (autocommit).
+_VIEW_UNUSABLE = (
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedColumn,
+    psycopg.errors.InsufficientPrivilege,
+)
+
+
+@dataclass(frozen=True)
+class FixScore:
+    problem_code: str
+    fix: Fix
+    confidence: float
+    successes_tenant: int = 0
+    attempts_tenant: int = 0
+    successes_all: int = 0
+    attempts_all: int = 0
+    tenant_strength: float = 0.0  # m of the formula; 0 when the database was not asked
+    prior_strength: float = 0.0  # k of the formula
+
+    @property
+    def source(self) -> Source:
+        """Whose outcomes the confidence rests on: the tenant's, all tenants', or none (the prior)."""
+        if self.attempts_tenant:
+            return "tenant"
+        return "all_tenants" if self.attempts_all else "catalog"
+
+    def sample(self, rng: random.Random) -> float:
+        """A Thompson draw from Beta(c·ν, (1−c)·ν), ν = min(m, k + n_all) + n_tenant (module doc)."""
+        strength = min(self.tenant_strength, self.prior_strength + self.attempts_all) + self.attempts_tenant
+        if strength <= 0:
+            return self.confidence
+        alpha = max(self.confidence * strength, 1e-3)
+        beta = max((1.0 - self.confidence) * strength, 1e-3)
+        return rng.betavariate(alpha, beta)
+
+
+def _rank_key(score: FixScore, order: int) -> tuple:
+    # Same tie-breaks as v_fix_ranking: confidence, the tenant's outcomes, all outcomes, catalog order.
+    return (-score.confidence, -score.attempts_tenant, -score.attempts_all, order)
+
+
+def ranked(scores: Sequence[FixScore]) -> list[FixScore]:
+    """Best first by confidence (deterministic)."""
+    return [s for _, s in sorted(enumerate(scores), key=lambda p: _rank_key(p[1], p[0]))]
+
+
+def explore(scores: Sequence[FixScore], rng: random.Random) -> list[FixScore]:
+    """Thompson order: each fix first with the probability that it is the best (see module doc)."""
+    draws = [(score.sample(rng), -i, score) for i, score in enumerate(scores)]
+    return [score for _, _, score in sorted(draws, key=lambda d: (d[0], d[1]), reverse=True)]
+
+
+class Learner:
+    """Reads rankings for one catalog. Thread-safe enough: its state is a cache of booleans and a timestamp."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._view_retry_at = 0.0
+        self._built_at: datetime | bool | None = False  # False: not read yet
+        self.last_path: Literal["view", "raw"] | None = None  # which path the last read took
+        self._warned = False
+
+    def priors(self, codes: Sequence[str]) -> dict[str, list[FixScore]]:
+        """The catalog's priors, for when the database cannot be asked (fix_confidence with no outcomes)."""
+        return {code: [FixScore(code, fix, fix.prior) for fix in self.catalog.problem(code).fixes] for code in codes}
+
+    def scores(self, conn: psycopg.Connection, tenant: str, codes: Sequence[str]) -> dict[str, list[FixScore]]:
+        """Every catalog fix of ``codes`` with its learned confidence, best first per problem."""
+        codes = list(dict.fromkeys(codes))
+        if not codes:
+            return {}
+        problems = [self.catalog.problem(code) for code in codes]
+        params = {
+            "tenant": tenant,
+            "problems": codes,
+            "codes": [p.code for p in problems for _ in p.fixes],
+            "fix_ids": [f.id for p in problems for f in p.fixes],
+            "priors": [f.prior for p in problems for f in p.fixes],
+        }
+        rows = self._query(conn, params)
+        fixes = {f.id: f for p in problems for f in p.fixes}
+        found: dict[str, list[FixScore]] = {code: [] for code in codes}
+        for code, fix_id, s_t, a_t, s_a, a_a, confidence, m, k, _ in rows:
+            found[code].append(FixScore(code, fixes[fix_id], float(confidence), s_t, a_t, s_a, a_a, float(m), float(k)))
+        order = {f.id: i for p in problems for i, f in enumerate(p.fixes)}
+        return {code: ranked(sorted(found[code], key=lambda s: order[s.fix.id])) for code in codes}
+
+    def _query(self, conn: psycopg.Connection, params: dict) -> list[tuple]:
+        if time.monotonic() >= self._view_retry_at:
+            try:
+                rows = self._from_view(conn, params)
+                if rows is not None:
+                    self.last_path = "view"
+                    return rows
+            except _VIEW_UNUSABLE as error:
+                # Said once at WARNING; the retries every minute only at DEBUG.
+                log.log(
+                    logging.DEBUG if self._warned else logging.WARNING,
+                    "v_fix_ranking unusable (%s): counting raw outcomes, trying the view again in %gs",
+                    str(error).strip().splitlines()[0],
+                    VIEW_RETRY_S,
+                )
+                self._warned = True
+                self._view_retry_at = time.monotonic() + VIEW_RETRY_S
+                self._built_at = False
+        self.last_path = "raw"
+        return conn.execute(_FROM_RAW, {**params, "as_of": "-infinity"}).fetchall()
+
+    def _from_view(self, conn: psycopg.Connection, params: dict) -> list[tuple] | None:
+        # built_at is passed as a literal so the planner can range-scan ix_diag_run_resolved_at;
+        # the statement reads it again, and a rebuild in between (rare) means one retry.
+        for _ in range(3):
+            if self._built_at is False:
+                row = conn.execute(_BUILT_AT).fetchone()
+                self._built_at = row[0] if row else None
+            as_of = self._built_at if self._built_at is not None else "-infinity"
+            rows = conn.execute(_FROM_VIEW, {**params, "as_of": as_of}).fetchall()
+            current = rows[0][-1] if rows else self._built_at
+            if current == self._built_at:
+                return rows
+            self._built_at = current
+        return None  # rebuilt under our feet three times: count raw outcomes this once

@@ -1,0 +1,239 @@
+"""Write-or-spool: the server's one door to the database.
+
+- A small psycopg pool, opened lazily on first use; every connection attempt is bounded by a
+  short timeout (``DEVDIAG_CONNECT_TIMEOUT``, 2 s) so a database that is away never stalls a tool
+  for long.
+- A circuit breaker: after a failure, calls skip the database at once (runs go to the spool)
+  until a retry time that backs off from 1 s to 30 s; the next attempt after it probes again.
+- Before every successful write the spool is replayed (idempotent), so rows and outcomes land
+  in order: a spooled run exists before its spooled outcome is applied.
+
+What counts as "the database is away" (spool, do not fail the tool): no connection, refused
+credentials, a connection lost mid-call, a schema that is not set up, missing privileges.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from mcp_devdiag.settings import DatabaseTarget
+from mcp_devdiag.spool import Outcome, ReplayReport, Spool, SpoolFull
+from mcp_devdiag.writer import RunRow, write_runs
+from orchestrator.db import DatabaseUnavailable, explain
+
+log = logging.getLogger(__name__)
+
+Destination = Literal["database", "spool", "dropped"]
+BACKOFF_START_S = 1.0
+BACKOFF_MAX_S = 30.0
+POOL_MAX = 4
+STATEMENT_TIMEOUT_MS = 10_000
+# Errors that mean "not usable right now" rather than "this row is wrong".
+_AWAY = (
+    psycopg.OperationalError,
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedFunction,
+    psycopg.errors.InsufficientPrivilege,
+    psycopg.errors.InvalidSchemaName,
+    PoolTimeout,
+)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    recorded: Destination
+    detail: str | None = None  # why it was spooled or dropped; None when written
+    replayed: int = 0  # spooled rows written before this one
+
+
+def _reason(error: BaseException, target: DatabaseTarget) -> str:
+    if isinstance(error, DatabaseUnavailable):
+        return str(error)
+    where = target.describe()
+    if isinstance(error, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName):
+        return f"{where}: the devdiag schema is not set up: run `devdiag setup`"
+    if isinstance(error, psycopg.errors.UndefinedFunction):
+        return f"{where}: devdiag.fix_confidence is missing: run `devdiag setup`"
+    if isinstance(error, psycopg.errors.InsufficientPrivilege):
+        return f"{where}: the role lacks a privilege on devdiag ({_first_line(error)}): run `devdiag setup`"
+    if isinstance(error, PoolTimeout):
+        return f"{where}: no connection within the connect timeout"
+    if isinstance(error, psycopg.OperationalError):
+        try:
+            return explain(error, target.resolve())
+        except DatabaseUnavailable as unavailable:
+            return str(unavailable)
+    return f"{where}: {_first_line(error)}"
+
+
+def _configure(conn: psycopg.Connection) -> None:
+    # A database that answers but hangs (a lock, a runaway query) must not hang the tool either.
+    conn.execute(f"set statement_timeout = {STATEMENT_TIMEOUT_MS}")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+class Recorder:
+    def __init__(self, target: DatabaseTarget, spool: Spool, *, connect_timeout: float = 2.0) -> None:
+        self.target = target
+        self.spool = spool
+        self.connect_timeout = connect_timeout
+        self._pool: ConnectionPool | None = None
+        self._lock = threading.Lock()
+        self._retry_at = 0.0
+        self._backoff = BACKOFF_START_S
+        self._down_reason: str | None = None
+
+    # --- connections ------------------------------------------------------------------------------
+
+    @property
+    def down_reason(self) -> str | None:
+        """Why the database is being skipped right now, or None."""
+        return self._down_reason if time.monotonic() < self._retry_at else None
+
+    def _open_pool(self) -> ConnectionPool:
+        where = self.target.resolve()
+        conninfo = where.conninfo()
+        timeout = max(2, round(self.connect_timeout))  # libpq takes whole seconds, 2 at least
+        # Probe once directly: the pool would hide why a connection fails (credentials? refused?).
+        try:
+            psycopg.connect(conninfo, connect_timeout=timeout, autocommit=True).close()
+        except psycopg.OperationalError as error:
+            raise DatabaseUnavailable(explain(error, where)) from None
+        pool = ConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=POOL_MAX,
+            open=False,
+            timeout=self.connect_timeout,
+            reconnect_timeout=self.connect_timeout,
+            max_idle=300,
+            check=ConnectionPool.check_connection,  # a server restart leaves dead sockets behind
+            configure=_configure,
+            kwargs={"autocommit": True, "connect_timeout": timeout, "application_name": "mcp-devdiag"},
+            name="mcp-devdiag",
+        )
+        try:
+            pool.open(wait=True, timeout=self.connect_timeout)
+        except BaseException:
+            pool.close(timeout=0)
+            raise
+        return pool
+
+    def _trip(self, reason: str) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+            self._retry_at = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
+            changed = reason != self._down_reason
+            self._down_reason = reason
+        if changed:
+            log.warning("database unavailable, using the spool: %s", reason)
+        if pool is not None:
+            # Closing waits for the pool's workers; do it aside so the tool answers now.
+            threading.Thread(target=pool.close, kwargs={"timeout": 1.0}, daemon=True).start()
+
+    def _healthy(self) -> None:
+        if self._down_reason is not None:
+            log.warning("database reachable again: %s", self.target.describe())
+        self._down_reason = None
+        self._backoff = BACKOFF_START_S
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled autocommit connection; DatabaseUnavailable (fast while the breaker is open) if none."""
+        if self.down_reason is not None:
+            raise DatabaseUnavailable(self._down_reason)
+        try:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = self._open_pool()
+                pool = self._pool
+            with pool.connection(timeout=self.connect_timeout) as conn:
+                yield conn
+        except _AWAY as error:
+            reason = _reason(error, self.target)
+            self._trip(reason)
+            raise DatabaseUnavailable(reason) from None
+        except DatabaseUnavailable as error:
+            self._trip(str(error))
+            raise
+        self._healthy()
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close(timeout=2.0)
+
+    # --- writes -----------------------------------------------------------------------------------
+
+    def replay(self, conn: psycopg.Connection) -> ReplayReport | None:
+        """Replay the spool if it holds anything. A database away propagates (the caller spools);
+        any other failure is logged and left for the next replay or `devdiag flush`."""
+        if not self.spool.pending():
+            return None
+        try:
+            return self.spool.replay(conn)
+        except _AWAY:
+            raise
+        except (psycopg.Error, OSError) as error:
+            log.error("spool replay failed (%s): kept in %s for the next try", _first_line(error), self.spool.directory)
+            return None
+
+    def write(self, rows: list[RunRow]) -> WriteResult:
+        """Write the rows of one run (one transaction), or spool them. Loses nothing and never raises
+        for the database: away, the rows go to the spool."""
+        try:
+            with self.connection() as conn:
+                return self.write_on(conn, rows)
+        except DatabaseUnavailable as error:
+            return self.spool_rows(rows, str(error))
+
+    def write_on(self, conn: psycopg.Connection, rows: list[RunRow]) -> WriteResult:
+        """Replay the spool, then write the run, on a connection from ``connection()``.
+
+        A database away propagates (``connection()`` turns it into DatabaseUnavailable; spool
+        then). A database that refuses the rows, which the writer's validation should make
+        impossible, gets them spooled too, with an error in the log: nothing is lost.
+        """
+        for row in rows:
+            row.validate()
+        replayed = self.replay(conn)
+        try:
+            write_runs(conn, rows)
+        except _AWAY:
+            raise
+        except psycopg.Error as error:
+            log.error("the database refused a run (%s): spooled", _first_line(error))
+            return self.spool_rows(rows, f"the database refused it: {_first_line(error)}")
+        return WriteResult("database", replayed=replayed.rows_inserted if replayed else 0)
+
+    def spool_rows(self, rows: list[RunRow], reason: str) -> WriteResult:
+        return self._spool(lambda: self.spool.append_rows(rows), reason)
+
+    def spool_outcome(self, outcome: Outcome, reason: str) -> WriteResult:
+        return self._spool(lambda: self.spool.append_outcome(outcome), reason)
+
+    def _spool(self, append, reason: str) -> WriteResult:
+        try:
+            append()
+        except SpoolFull as full:
+            log.error("%s", full)
+            return WriteResult("dropped", f"{reason}; {full}")
+        except OSError as error:
+            log.error("spool write failed in %s: %s", self.spool.directory, error)
+            return WriteResult("dropped", f"{reason}; the spool {self.spool.directory} failed: {error.strerror}")
+        return WriteResult("spool", f"{reason}; kept in the spool {self.spool.directory}, replayed automatically")

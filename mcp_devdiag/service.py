@@ -1,0 +1,470 @@
+"""What the tools do, without the MCP wiring: diagnose, record outcomes, suggest, list, report.
+
+Input hygiene, in this order, before anything is classified, stored or returned: NUL bytes are
+removed and lone surrogates (invalid UTF-8 that arrived as JSON escapes) become U+FFFD; input
+over ``HARD_INPUT_LIMIT`` is refused; secrets are masked in the whole text (``redaction.redact``),
+then input beyond ``classifier.MAX_INPUT_CHARS`` is cut to its head and tail (errors sit at the end
+of a log), so a cut never splits a secret; stored error text is capped at 4,000 characters.
+Text is only ever a query parameter or COPY data, never SQL. A failure that is the caller's to fix
+raises ``ToolError`` with one line saying what to pass instead; nothing is written before every
+check has passed, and the rows of a run are written in one transaction (never half a run).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+from mcp.server.mcpserver.exceptions import ToolError
+
+from mcp_devdiag import classifier, probes, writer
+from mcp_devdiag.catalog import Catalog, Problem
+from mcp_devdiag.ids import uuid7
+from mcp_devdiag.learning import FixScore, Learner, explore, ranked
+from mcp_devdiag.recorder import Recorder
+from mcp_devdiag.redaction import redact
+from mcp_devdiag.results import (
+    CatalogProblem,
+    DiagnoseResult,
+    Finding,
+    FixSuggestion,
+    OutcomeFinding,
+    OutcomeResult,
+    ProbeCheck,
+    ProbeSummary,
+    ProblemList,
+    RecentProblem,
+    RecentResult,
+    SuggestResult,
+)
+from mcp_devdiag.settings import ServerSettings
+from mcp_devdiag.spool import Outcome
+from mcp_devdiag.writer import ERROR_MSG_CAP, RunRow
+from orchestrator.db import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+_SURROGATES = re.compile(r"[\ud800-\udfff]")
+_CUT = "\n[... {n:,} characters cut ...]\n"
+_ORIGIN_IN_TEXT = re.compile(r"from origin '(https?://[^'\s]+)'", re.IGNORECASE)
+# Above this the input is refused rather than cut: masking secrets costs ~1 s a million characters.
+HARD_INPUT_LIMIT = 10 * classifier.MAX_INPUT_CHARS
+_VIEW_UNUSABLE = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn, psycopg.errors.InsufficientPrivilege)
+
+
+def clean(text: str | None) -> str | None:
+    """NUL bytes out, lone surrogates replaced; None for empty or blank text."""
+    if text is None:
+        return None
+    text = _SURROGATES.sub("\ufffd", text.replace("\x00", ""))
+    return text if text.strip() else None
+
+
+def head_tail(text: str, limit: int) -> tuple[str, bool]:
+    """``text`` within ``limit`` characters: a fifth from the head, the rest from the tail."""
+    if len(text) <= limit:
+        return text, False
+    marker = _CUT.format(n=len(text) - limit)
+    keep = max(limit - len(marker), 0)
+    head = keep // 5
+    return text[:head] + marker + text[len(text) - (keep - head) :], True
+
+
+def _suggestion(score: FixScore) -> FixSuggestion:
+    return FixSuggestion(
+        id=score.fix.id,
+        title=score.fix.title,
+        steps=list(score.fix.steps),
+        confidence=round(score.confidence, 4),
+        outcomes=score.attempts_tenant or score.attempts_all,
+        source=score.source,
+    )
+
+
+def _uuid(name: str, value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value.strip())
+    except (ValueError, AttributeError):
+        raise ToolError(f"{name} {value[:60]!r} is not a UUID: pass the {name} that diagnose returned") from None
+
+
+class DevDiag:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        recorder: Recorder,
+        catalog: Catalog,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.recorder = recorder
+        self.catalog = catalog
+        self.learner = Learner(catalog)
+        self.rng = rng or random.Random()
+
+    # --- diagnose ---------------------------------------------------------------------------------
+
+    def diagnose(
+        self,
+        error_text: str | None = None,
+        url: str | None = None,
+        logs: str | None = None,
+        context: str | None = None,
+        origin: str | None = None,
+    ) -> DiagnoseResult:
+        error_text, logs, context, url, origin = map(clean, (error_text, logs, context, url, origin))
+        if not (error_text or logs or context or url):
+            raise ToolError("nothing to diagnose: pass error_text (the error as pasted), logs, context or url")
+        size = sum(len(t) for t in (error_text, logs, context) if t)
+        if size > HARD_INPUT_LIMIT:
+            raise ToolError(
+                f"input is {size:,} characters, more than {HARD_INPUT_LIMIT:,}: pass the error and the log lines "
+                "around it, not the whole log"
+            )
+        # Mask secrets in the whole text before any cut, so that a cut never splits a secret.
+        error_text, logs, context = (redact(t) if t else None for t in (error_text, logs, context))
+        notes: list[str] = []
+        text, truncated = head_tail(
+            "\n\n".join(t for t in (error_text, logs, context) if t), classifier.MAX_INPUT_CHARS
+        )
+        if truncated:
+            notes.append(
+                f"input cut to {classifier.MAX_INPUT_CHARS:,} characters (its first fifth and its end were diagnosed)"
+            )
+        found: dict[str, list[str]] = {}
+        for finding in classifier.classify(text, self.catalog):
+            found.setdefault(finding.code, []).append(redact(finding.evidence))
+        probe = self._probe(url, origin or self._origin_in(text), found, notes) if url else None
+        if url and probe is not None and probe.status == "refused" and not (error_text or logs or context):
+            raise ToolError(f"probe refused: {probe.detail}")
+
+        now = datetime.now(UTC)
+        run_id = uuid7(now)
+        stored, cut = self._stored_text(error_text or logs)
+        if cut:
+            notes.append(f"stored error text cut to {ERROR_MSG_CAP:,} characters")
+        codes = list(found)
+        built: tuple[list[Finding], list[RunRow]] | None = None
+        # One connection for the ranking read and the write: the fewest round trips per call.
+        try:
+            with self.recorder.connection() as conn:
+                scores = self.learner.scores(conn, self.settings.tenant, codes) if codes else {}
+                built = self._build(run_id, now, codes, scores, found, stored, notes)
+                written = self.recorder.write_on(conn, built[1])
+        except DatabaseUnavailable as error:
+            if built is None:
+                notes.append(f"ranking from catalog priors only: {error}")
+                built = self._build(run_id, now, codes, self.learner.priors(codes), found, stored, notes)
+            written = self.recorder.spool_rows(built[1], str(error))
+        findings = built[0]
+        if written.detail:
+            notes.append(f"run not in the database yet: {written.detail}")
+        if written.replayed:
+            notes.append(f"{written.replayed} spooled rows from earlier runs were written to the database first")
+        return DiagnoseResult(
+            run_id=str(run_id),
+            tenant=self.settings.tenant,
+            environment=self.settings.environment,
+            findings=findings,
+            probe=probe,
+            recorded=written.recorded,
+            truncated=truncated or cut,
+            notes=notes,
+        )
+
+    def _build(
+        self,
+        run_id: uuid.UUID,
+        now: datetime,
+        codes: list[str],
+        scores: dict[str, list[FixScore]],
+        found: dict[str, list[str]],
+        stored: str | None,
+        notes: list[str],
+    ) -> tuple[list[Finding], list[RunRow]]:
+        """The findings to return and the rows to write: one per finding, or one clean row."""
+        findings: list[Finding] = []
+        rows: list[RunRow] = []
+        for index, code in enumerate(codes):
+            problem = self.catalog.problem(code)
+            order = self._order(scores.get(code, []), notes, code)
+            first = order[0] if order else None
+            finding_id = uuid7(now + timedelta(microseconds=index))  # ids sort in finding order
+            rows.append(
+                RunRow(
+                    id=finding_id,
+                    run_id=run_id,
+                    ts=now,
+                    tenant_id=self.settings.tenant,
+                    environment=self.settings.environment,
+                    problem_code=code,
+                    fix_suggestion=first.fix.id if first else None,
+                    confidence=min(max(first.confidence, 0.0), 1.0) if first else None,
+                    error_msg=stored,
+                )
+            )
+            findings.append(
+                Finding(
+                    finding_id=str(finding_id),
+                    code=code,
+                    title=problem.title,
+                    category=problem.category,
+                    severity=problem.severity,  # type: ignore[arg-type]
+                    evidence=found[code],
+                    suggested_fix=first.fix.id if first else None,
+                    fixes=[_suggestion(s) for s in order],
+                )
+            )
+        if not rows:  # a clean run is recorded too: freshness and volume stay visible
+            rows.append(
+                RunRow(
+                    id=uuid7(now),
+                    run_id=run_id,
+                    ts=now,
+                    tenant_id=self.settings.tenant,
+                    environment=self.settings.environment,
+                    error_msg=stored,
+                )
+            )
+        return findings, rows
+
+    @staticmethod
+    def _origin_in(text: str) -> str | None:
+        match = _ORIGIN_IN_TEXT.search(text)
+        return match.group(1) if match else None
+
+    @staticmethod
+    def _stored_text(text: str | None) -> tuple[str | None, bool]:
+        """The error text to store (already redacted), head and tail within the contract's cap."""
+        if text is None:
+            return None, False
+        return head_tail(text, ERROR_MSG_CAP)
+
+    def _probe(self, url: str, origin: str | None, found: dict[str, list[str]], notes: list[str]) -> ProbeSummary:
+        shown = redact(url)
+        try:
+            report = probes.probe(url, self.settings.allow_probes, timeout=self.settings.probe_timeout_s, origin=origin)
+        except probes.ProbeRefused as refused:
+            notes.append(f"URL not probed: {refused}")
+            return ProbeSummary(url=shown, status="refused", detail=str(refused))
+        for item in report.findings:
+            if item.code in self.catalog.problems:
+                found.setdefault(item.code, []).append(redact(item.evidence))
+        return ProbeSummary(
+            url=redact(report.url),
+            status="done",
+            final_url=redact(report.final_url) if report.final_url else None,
+            http_status=report.http_status,
+            checks=[ProbeCheck(name=c.name, status=c.status, detail=redact(c.detail)) for c in report.checks],
+        )
+
+    def _scores(self, codes: Sequence[str]) -> tuple[dict[str, list[FixScore]], str | None]:
+        if not codes:
+            return {}, None
+        try:
+            with self.recorder.connection() as conn:
+                return self.learner.scores(conn, self.settings.tenant, codes), None
+        except DatabaseUnavailable as error:
+            return self.learner.priors(codes), f"ranking from catalog priors only: {error}"
+
+    def _order(self, scores: list[FixScore], notes: list[str], code: str) -> list[FixScore]:
+        if not scores or not scores[0].tenant_strength:
+            return scores  # priors only: nothing learned to explore from
+        order = explore(scores, self.rng)
+        best = scores[0]
+        if order[0] is not best:
+            notes.append(
+                f"{code}: '{order[0].fix.id}' is suggested first to learn whether it works here "
+                f"(confidence {order[0].confidence:.2f}; "
+                f"the most confident fix is '{best.fix.id}' at {best.confidence:.2f})"
+            )
+        return order
+
+    # --- outcomes ---------------------------------------------------------------------------------
+
+    def record_outcome(
+        self,
+        resolution: str,
+        run_id: str | None = None,
+        finding_id: str | None = None,
+        fix_id: str | None = None,
+    ) -> OutcomeResult:
+        run_id, finding_id, fix_id = clean(run_id), clean(finding_id), clean(fix_id)
+        if (run_id is None) == (finding_id is None):
+            raise ToolError("give exactly one of run_id (every problem of a run) or finding_id (one problem)")
+        if resolution not in ("fixed", "manual", "failed"):
+            raise ToolError(f"resolution {resolution[:40]!r} is not valid: use fixed, manual or failed")
+        key, target = ("run_id", _uuid("run_id", run_id)) if run_id else ("finding_id", _uuid("finding_id", finding_id))
+        if fix_id is not None:
+            fix_id = fix_id.strip()
+            if fix_id not in {f.id for p in self.catalog for f in p.fixes}:
+                raise ToolError(f"unknown fix_id {fix_id[:80]!r}: pass a fix id from the diagnose result")
+        at = datetime.now(UTC)
+        try:
+            with self.recorder.connection() as conn:
+                self.recorder.replay(conn)
+                return self._record(conn, key, target, resolution, fix_id, at)
+        except DatabaseUnavailable as error:
+            outcome = Outcome(resolution=resolution, at=at, fix_id=fix_id, **{key: str(target)})
+            written = self.recorder.spool_outcome(outcome, str(error))
+            return OutcomeResult(
+                recorded=written.recorded,
+                resolution=resolution,  # type: ignore[arg-type]
+                updated=0,
+                notes=[f"outcome not in the database yet: {written.detail}"],
+            )
+
+    def _record(
+        self, conn: psycopg.Connection, key: str, target: uuid.UUID, resolution: str, fix_id: str | None, at: datetime
+    ) -> OutcomeResult:
+        column = "run_id" if key == "run_id" else "id"
+        select = f"select id, problem_code, fix_suggestion from devdiag.diag_run where {column} = %s order by id"
+        rows = conn.execute(select, (target,)).fetchall()
+        if not rows:
+            raise ToolError(f"unknown {key} {target}: no run has it; pass the {key} that diagnose returned")
+        problems = [r for r in rows if r[1] is not None]
+        if not problems:
+            raise ToolError(f"{key} {target} is a run that found no problem: there is no outcome to record")
+        if fix_id is not None:
+            suggested = sorted({r[2] for r in problems if r[2]})
+            problems = [r for r in problems if r[2] == fix_id]
+            if not problems:
+                raise ToolError(
+                    f"fix {fix_id} was not the suggested fix here (suggested: {', '.join(suggested) or 'none'}); "
+                    "outcomes are credited to the suggested fix: record 'manual' when another fix solved it"
+                )
+        if resolution == "fixed" and not any(r[2] for r in problems):
+            raise ToolError("'fixed' credits the suggested fix, but none was suggested here: record 'manual'")
+        updated = writer.record_outcome(
+            conn,
+            run_id=target if key == "run_id" else None,
+            finding_id=target if key == "finding_id" else None,
+            resolution=resolution,
+            fix_id=fix_id,
+            at=at,
+        )
+        ids = [r[0] for r in problems]
+        after = conn.execute(
+            "select id, problem_code, fix_suggestion, resolution from devdiag.diag_run where id = any(%s) order by id",
+            (ids,),
+        ).fetchall()
+        codes = [r[1] for r in after]
+        learned = self.learner.scores(conn, self.settings.tenant, [c for c in codes if c in self.catalog.problems])
+        confidence = {(s.problem_code, s.fix.id): s.confidence for scores in learned.values() for s in scores}
+        notes = []
+        if updated == 0:
+            notes.append("already recorded: nothing changed (this outcome, or a later one, is in place)")
+        return OutcomeResult(
+            recorded="database",
+            resolution=resolution,  # type: ignore[arg-type]
+            updated=updated,
+            findings=[
+                OutcomeFinding(
+                    finding_id=str(fid),
+                    problem_code=code,
+                    fix_id=fix,
+                    resolution=res,
+                    confidence_now=round(confidence[(code, fix)], 4) if (code, fix) in confidence else None,
+                )
+                for fid, code, fix, res in after
+            ],
+            notes=notes,
+        )
+
+    # --- reading ----------------------------------------------------------------------------------
+
+    def problem(self, code: str) -> Problem:
+        normalized = (clean(code) or "").strip().upper()
+        if normalized not in self.catalog.problems:
+            raise ToolError(f"unknown problem code {code[:60]!r}: call list_problems for the codes")
+        return self.catalog.problem(normalized)
+
+    def suggest_fixes(self, problem_code: str) -> SuggestResult:
+        problem = self.problem(problem_code)
+        notes: list[str] = []
+        scores, note = self._scores([problem.code])
+        if note:
+            notes.append(note)
+        order = ranked(scores[problem.code])
+        sources = {s.source for s in order}
+        source = "tenant" if "tenant" in sources else "all_tenants" if "all_tenants" in sources else "catalog"
+        return SuggestResult(
+            code=problem.code,
+            title=problem.title,
+            severity=problem.severity,  # type: ignore[arg-type]
+            source=source,
+            fixes=[_suggestion(s) for s in order],
+            notes=notes,
+        )
+
+    def list_problems(self, category: str | None = None) -> ProblemList:
+        wanted = (clean(category) or "").strip().lower() or None
+        problems = [p for p in self.catalog if wanted is None or p.category == wanted]
+        if wanted and not problems:
+            categories = ", ".join(sorted({p.category for p in self.catalog}))
+            raise ToolError(f"unknown category {category[:40]!r}: use one of {categories}")
+        return ProblemList(
+            problems=[
+                CatalogProblem(
+                    code=p.code,
+                    title=p.title,
+                    category=p.category,
+                    severity=p.severity,  # type: ignore[arg-type]
+                    fix_ids=[f.id for f in p.fixes],
+                )
+                for p in problems
+            ]
+        )
+
+    def recent_problems(self, days: int = 7, limit: int = 10) -> RecentResult:
+        tenant = self.settings.tenant
+        notes: list[str] = []
+        try:
+            with self.recorder.connection() as conn:
+                rows, note = self._recent(conn, tenant, days, limit)
+        except DatabaseUnavailable as error:
+            return RecentResult(tenant=tenant, days=days, problems=[], notes=[f"no data: {error}"])
+        if note:
+            notes.append(note)
+        total = rows[0][3] if rows else 0
+        problems = [
+            RecentProblem(
+                code=code,
+                title=self.catalog.problems[code].title if code in self.catalog.problems else code,
+                count=count,
+                share=round(count / total, 4) if total else 0.0,
+                last_day=day.isoformat(),
+            )
+            for code, count, day, _ in rows
+        ]
+        if not problems:
+            notes.append(f"no problems recorded for tenant {tenant} in the last {days} days")
+        return RecentResult(tenant=tenant, days=days, problems=problems, notes=notes)
+
+    @staticmethod
+    def _recent(conn: psycopg.Connection, tenant: str, days: int, limit: int) -> tuple[list[tuple], str | None]:
+        params = {"tenant": tenant, "days": days, "limit": limit}
+        view = """
+            select problem_code, sum(cnt)::bigint, max(day), sum(sum(cnt)) over ()::bigint
+            from devdiag.v_problem_counts
+            where tenant_id = %(tenant)s and day > (now() at time zone 'utc')::date - %(days)s
+            group by problem_code order by 2 desc, 1 limit %(limit)s
+        """
+        try:
+            return conn.execute(view, params).fetchall(), "counts as of the last `devdiag build`"
+        except _VIEW_UNUSABLE:
+            pass  # before the first build, or without SELECT on the view: count the raw rows
+        raw = """
+            select problem_code, count(*), max((ts at time zone 'utc')::date), sum(count(*)) over ()::bigint
+            from devdiag.diag_run
+            where tenant_id = %(tenant)s and problem_code is not null
+              and ts >= ((now() at time zone 'utc')::date - (%(days)s - 1)) at time zone 'utc'
+            group by problem_code order by 2 desc, 1 limit %(limit)s
+        """
+        return conn.execute(raw, params).fetchall(), "counted from the raw runs (v_problem_counts not readable)"

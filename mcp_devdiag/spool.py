@@ -1,0 +1,318 @@
+"""The local spool: runs and outcomes wait here, as JSONL, while the database is away.
+
+Layout of the spool directory (``DEVDIAG_SPOOL_DIR``, default ``$DEVDIAG_HOME/spool``):
+
+- ``pending.jsonl``: appended to, one ``write`` + ``fsync`` per tool call under an exclusive
+  lock (``.lock``), so the rows of one run land together and survive a crash or power loss;
+- ``claimed-<id>.jsonl``: a replay renames ``pending.jsonl`` (atomic, under the lock) and works
+  on the renamed file, so appends never race a replay. The file is deleted only after every row
+  is committed; a replay cut short leaves it for the next one. Replays are idempotent (rows by
+  id, outcomes converge), so replaying a file twice, even from two processes, adds nothing twice;
+- ``rejected.jsonl``: lines that can never load (torn by a crash, or invalid), kept with the reason.
+
+Line format, the same that ``devdiag load`` reads: a run row is ``RunRow.to_json()`` as is; an
+outcome is ``{"outcome": {"run_id" | "finding_id", "resolution", "fix_id", "at"}}``.
+
+Bounded: when pending and claimed files reach ``max_bytes``, appends are refused (SpoolFull)
+and the caller says so, rather than filling the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import psycopg
+
+from mcp_devdiag import writer
+from mcp_devdiag.writer import RunRow
+
+log = logging.getLogger(__name__)
+
+PENDING = "pending.jsonl"
+REJECTED = "rejected.jsonl"
+LOCK = ".lock"
+REPLAY_BATCH = 5_000
+
+
+class SpoolFull(Exception):
+    """The spool reached its bound; the message says where and what to do."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A recorded outcome waiting for the database (the arguments of ``writer.record_outcome``)."""
+
+    resolution: str
+    at: datetime
+    run_id: str | None = None
+    finding_id: str | None = None
+    fix_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body = {"resolution": self.resolution, "at": self.at.isoformat(), "fix_id": self.fix_id}
+        body |= {"run_id": self.run_id} if self.run_id else {"finding_id": self.finding_id}
+        return {"outcome": body}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Outcome:
+        body = data.get("outcome")
+        if not isinstance(body, dict) or set(body) - {"resolution", "at", "fix_id", "run_id", "finding_id"}:
+            raise ValueError("outcome line: expected {'outcome': {run_id|finding_id, resolution, fix_id, at}}")
+        try:
+            at = datetime.fromisoformat(str(body.get("at")))
+        except ValueError:
+            raise ValueError(f"outcome line: at {body.get('at')!r} is not an ISO-8601 timestamp") from None
+        outcome = cls(
+            resolution=str(body.get("resolution")),
+            at=at,
+            run_id=body.get("run_id"),
+            finding_id=body.get("finding_id"),
+            fix_id=body.get("fix_id"),
+        )
+        outcome.apply_check()
+        return outcome
+
+    def apply_check(self) -> None:
+        if (self.run_id is None) == (self.finding_id is None):
+            raise ValueError("outcome line: give exactly one of run_id or finding_id")
+        if self.resolution not in writer.RESOLUTIONS:
+            raise ValueError(f"outcome line: resolution {self.resolution!r} must be one of fixed, manual, failed")
+        if self.at.tzinfo is None:
+            raise ValueError("outcome line: at must carry a timezone")
+
+    def apply(self, conn: psycopg.Connection) -> int:
+        return writer.record_outcome(
+            conn,
+            run_id=self.run_id,
+            finding_id=self.finding_id,
+            resolution=self.resolution,
+            fix_id=self.fix_id,
+            at=self.at,
+        )
+
+
+def parse_line(text: str) -> RunRow | Outcome:
+    """One JSONL line: a run row or an outcome. Raises ValueError naming what is wrong."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not JSON ({error.msg} at column {error.colno})") from None
+    if isinstance(data, dict) and "outcome" in data:
+        return Outcome.from_json(data)
+    return RunRow.from_json(data)
+
+
+@dataclass
+class ReplayReport:
+    files: int = 0
+    rows: int = 0
+    rows_inserted: int = 0
+    outcomes: int = 0
+    outcomes_applied: int = 0
+    rejected: list[str] = field(default_factory=list)  # "file:line: reason"
+
+    @property
+    def rows_already_present(self) -> int:
+        return self.rows - self.rows_inserted
+
+
+@contextlib.contextmanager
+def _locked(path: Path, *, blocking: bool = True) -> Iterator[bool]:
+    """An exclusive advisory lock on ``path`` (created if missing); yields False if busy and not blocking."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.name == "nt":  # pragma: no cover - Windows
+            import msvcrt
+
+            try:
+                msvcrt.locking(fd, msvcrt.LK_LOCK if blocking else msvcrt.LK_NBLCK, 1)
+            except OSError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                os.lseek(fd, 0, os.SEEK_SET)
+                msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not possible on every platform (Windows)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class Spool:
+    def __init__(self, directory: Path, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+
+    # --- appending --------------------------------------------------------------------------------
+
+    def append_rows(self, rows: list[RunRow]) -> None:
+        self._append([row.to_json() for row in rows])
+
+    def append_outcome(self, outcome: Outcome) -> None:
+        self._append([outcome.to_json()])
+
+    def _append(self, records: list[dict[str, Any]]) -> None:
+        payload = "".join(json.dumps(r, ensure_ascii=True, separators=(",", ":")) + "\n" for r in records).encode()
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with _locked(self.directory / LOCK):
+            size = self.size_bytes()
+            if size + len(payload) > self.max_bytes:
+                raise SpoolFull(
+                    f"spool {self.directory} is full ({size / 1048576:.1f} of {self.max_bytes / 1048576:.1f} MB): "
+                    "this run was not kept; bring the database back and run `devdiag flush`, "
+                    "or raise DEVDIAG_SPOOL_MAX_MB"
+                )
+            path = self.directory / PENDING
+            created = not path.exists()
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                # A crash may have left a torn last line: start ours on a fresh line.
+                if not created and os.fstat(fd).st_size and os.pread(fd, 1, os.fstat(fd).st_size - 1) != b"\n":
+                    payload = b"\n" + payload
+                os.write(fd, payload)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if created:
+                _fsync_dir(self.directory)
+
+    # --- state ------------------------------------------------------------------------------------
+
+    def files(self) -> list[Path]:
+        """Files waiting for replay: claimed ones (oldest first), then pending."""
+        if not self.directory.is_dir():
+            return []
+        claimed = sorted(self.directory.glob("claimed-*.jsonl"))
+        pending = self.directory / PENDING
+        return claimed + ([pending] if pending.exists() else [])
+
+    def size_bytes(self) -> int:
+        total = 0
+        for path in self.files():
+            with contextlib.suppress(FileNotFoundError):
+                total += path.stat().st_size
+        return total
+
+    def pending(self) -> bool:
+        """Anything to replay? Cheap enough to ask before every write."""
+        return any(path.stat().st_size > 0 for path in self.files() if path.exists())
+
+    # --- replay -----------------------------------------------------------------------------------
+
+    def _claim(self) -> None:
+        pending = self.directory / PENDING
+        with _locked(self.directory / LOCK):
+            if pending.exists() and pending.stat().st_size > 0:
+                pending.rename(self.directory / f"claimed-{uuid.uuid1().hex}.jsonl")
+                _fsync_dir(self.directory)
+
+    def replay(self, conn: psycopg.Connection) -> ReplayReport:
+        """Write everything spooled; idempotent. A database error leaves the rest for the next replay."""
+        report = ReplayReport()
+        if not self.directory.is_dir():
+            return report
+        self._claim()
+        for path in sorted(self.directory.glob("claimed-*.jsonl")):
+            with _locked(path.with_suffix(".lock"), blocking=False) as mine:
+                if not mine or not path.exists():
+                    continue  # another process is replaying this file
+                self._replay_file(conn, path, report)
+                path.unlink()
+                _fsync_dir(self.directory)
+            with contextlib.suppress(FileNotFoundError):
+                path.with_suffix(".lock").unlink()
+            report.files += 1
+        if report.rows or report.outcomes:
+            log.info(
+                "spool replayed: %d rows (%d new), %d outcomes, %d lines rejected",
+                report.rows,
+                report.rows_inserted,
+                report.outcomes,
+                len(report.rejected),
+            )
+        return report
+
+    def _replay_file(self, conn: psycopg.Connection, path: Path, report: ReplayReport) -> None:
+        rows: list[RunRow] = []
+        outcomes: list[Outcome] = []
+        with open(path, encoding="utf-8", errors="replace") as fh, self._rejects() as rejects:
+            for number, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    item = parse_line(line)
+                except ValueError as error:
+                    self._reject(rejects, report, f"{path.name}:{number}", str(error), line)
+                    continue
+                if isinstance(item, Outcome):
+                    outcomes.append(item)
+                else:
+                    rows.append(item)
+                    if len(rows) >= REPLAY_BATCH:
+                        self._write_rows(conn, rows, report, rejects, path.name)
+                        rows = []
+            self._write_rows(conn, rows, report, rejects, path.name)
+            # Outcomes after rows: they update rows that may have been spooled with them.
+            for outcome in outcomes:
+                report.outcomes += 1
+                report.outcomes_applied += outcome.apply(conn)
+
+    def _write_rows(
+        self, conn: psycopg.Connection, rows: list[RunRow], report: ReplayReport, rejects: IO[str], name: str
+    ) -> None:
+        if not rows:
+            return
+        report.rows += len(rows)
+        try:
+            report.rows_inserted += writer.write_runs(conn, rows, batch_size=REPLAY_BATCH)
+        except (psycopg.DataError, psycopg.IntegrityError):
+            # One row the database refuses must not hold back the others: write them one by one.
+            for row in rows:
+                try:
+                    report.rows_inserted += writer.write_runs(conn, [row])
+                except (psycopg.DataError, psycopg.IntegrityError) as error:
+                    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                    self._reject(rejects, report, f"{name}:id {row.id}", first, json.dumps(row.to_json()) + "\n")
+
+    @contextlib.contextmanager
+    def _rejects(self) -> Iterator[IO[str]]:
+        with open(self.directory / REJECTED, "a", encoding="utf-8") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    @staticmethod
+    def _reject(rejects: IO[str], report: ReplayReport, where: str, reason: str, line: str) -> None:
+        report.rejected.append(f"{where}: {reason}")
+        rejects.write(json.dumps({"where": where, "reason": reason, "line": line.rstrip("\n")}) + "\n")
+        log.warning("spool line rejected (%s): %s", where, reason)
