@@ -40,7 +40,7 @@ from orchestrator.backup import (
     server_major,
     verify_backup,
 )
-from orchestrator.config import ConnectionSettings
+from orchestrator.config import SCHEMA, ConnectionSettings
 from orchestrator.contract import PUBLIC_VIEWS, RAW_INDEXES
 from orchestrator.db import DatabaseUnavailable, connect
 from orchestrator.progress import Progress
@@ -217,6 +217,8 @@ def _tables_with_rows(conn: psycopg.Connection) -> list[str]:
     ).fetchall()
     filled = []
     for schema, table in tables:
+        if schema == SCHEMA and table != "diag_run":
+            continue  # the fix catalog and dbt's tables: `devdiag setup` and `devdiag build` remake them
         query = sql.SQL("select exists (select from {})").format(sql.Identifier(schema, table))
         if conn.execute(query).fetchone()[0]:
             filled.append(f"{schema}.{table}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -58,3 +59,27 @@ def demo_db(pg):
     broken = [f"{r.name}: {r.message}" for r in results if r.status in {"error", "fail"}]
     assert not broken, broken
     return pg
+
+
+@contextlib.contextmanager
+def own_database(pg, name: str, *, setup: bool = True) -> Iterator:
+    """A database of a test module's own on the session's server (created fresh, dropped after), so
+    its rows never reach the shared `devdiag` database. With `setup`, `devdiag setup` is applied."""
+    import psycopg
+    from psycopg import sql
+
+    from orchestrator.config import ConnectionSettings
+    from orchestrator.provision import setup as run_setup
+
+    drop = sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+    with psycopg.connect(pg.conninfo(dbname="postgres"), autocommit=True) as admin:
+        admin.execute(drop)
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    settings = ConnectionSettings({**pg.params, "dbname": name}, embedded=pg.embedded)
+    if setup:
+        run_setup(settings)
+    try:
+        yield settings
+    finally:
+        with psycopg.connect(pg.conninfo(dbname="postgres"), autocommit=True) as admin:
+            admin.execute(drop)

@@ -19,6 +19,7 @@ import click
 import psycopg
 import pytest
 from click.testing import CliRunner
+from conftest import own_database
 from psycopg import sql
 
 from orchestrator import alerts as alerts_module
@@ -142,16 +143,8 @@ SCENARIOS: dict[str, Callable[[datetime], list[Finding]]] = {
 @pytest.fixture(scope="module")
 def adb(pg) -> Iterator[ConnectionSettings]:
     """A database of its own with the raw schema and every view built."""
-    from orchestrator.provision import setup
-
-    target = ConnectionSettings({**pg.params, "dbname": DB}, embedded=True)
-    with psycopg.connect(pg.conninfo(dbname="postgres"), autocommit=True) as admin:
-        admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(DB)))
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(DB)))
-    setup(target)
-    yield target
-    with psycopg.connect(pg.conninfo(dbname="postgres"), autocommit=True) as admin:
-        admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(DB)))
+    with own_database(pg, DB) as target:
+        yield target
 
 
 def load(target: ConnectionSettings, findings: list[Finding]) -> None:

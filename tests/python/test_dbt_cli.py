@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from conftest import own_database
 
 from orchestrator import embedded
 
@@ -19,12 +20,8 @@ FRESH_DB = "devdiag_cli_fresh"
 
 @pytest.fixture
 def fresh_database(pg):
-    with psycopg.connect(pg.conninfo(dbname="postgres"), autocommit=True) as conn:
-        conn.execute(f"drop database if exists {FRESH_DB} with (force)")
-        conn.execute(f"create database {FRESH_DB}")
-    yield FRESH_DB
-    with psycopg.connect(pg.conninfo(dbname="postgres"), autocommit=True) as conn:
-        conn.execute(f"drop database if exists {FRESH_DB} with (force)")
+    with own_database(pg, FRESH_DB, setup=False):
+        yield FRESH_DB
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import uuid
 import psycopg
 import pytest
 from click.testing import CliRunner
+from conftest import own_database
 
 from orchestrator import embedded
 from orchestrator.cli import main
@@ -16,17 +17,14 @@ DB = "devdiag_demo_command"
 
 @pytest.fixture(scope="module")
 def demo_env(pg):
-    with psycopg.connect(pg.conninfo(dbname="postgres"), autocommit=True) as conn:
-        conn.execute(f"drop database if exists {DB} with (force)")
-        conn.execute(f"create database {DB}")
+    """`devdiag demo` pointed at an empty database of this module's own (the demo runs setup itself)."""
     state = embedded.status()
-    yield {
-        "DEVDIAG_PG_HOST": f"{state.socket_dir}:{state.port}",
-        "DEVDIAG_PG_USER": "postgres",
-        "DEVDIAG_PG_DB": DB,
-    }
-    with psycopg.connect(pg.conninfo(dbname="postgres"), autocommit=True) as conn:
-        conn.execute(f"drop database if exists {DB} with (force)")
+    with own_database(pg, DB, setup=False):
+        yield {
+            "DEVDIAG_PG_HOST": f"{state.socket_dir}:{state.port}",
+            "DEVDIAG_PG_USER": "postgres",
+            "DEVDIAG_PG_DB": DB,
+        }
 
 
 def demo(env):

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from psycopg import sql
+from conftest import own_database
 
 from mcp_devdiag import ids
 from mcp_devdiag.catalog import load_catalog
@@ -26,18 +26,8 @@ SCALES = (2_000, 20_000)
 @pytest.fixture(scope="module")
 def db(pg) -> Iterator[ConnectionSettings]:
     """A database of this module's own (with `devdiag setup`), so its rows never reach other tests."""
-    from orchestrator.provision import setup
-
-    name = "devdiag_test_demo"
-    drop = sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-    with connect(pg) as conn:
-        conn.execute(drop)
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    settings = ConnectionSettings({**pg.params, "dbname": name}, embedded=pg.embedded)
-    setup(settings)
-    yield settings
-    with connect(pg) as conn:
-        conn.execute(drop)
+    with own_database(pg, "devdiag_test_demo") as settings:
+        yield settings
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 from click.testing import CliRunner
-from psycopg import sql
+from conftest import own_database
 
 from orchestrator import embedded, retention
 from orchestrator.config import ConnectionSettings
@@ -30,16 +30,8 @@ NOW = datetime.now(UTC)
 @pytest.fixture(scope="module")
 def rdb(pg) -> Iterator[ConnectionSettings]:
     """A database of its own with the raw schema."""
-    from orchestrator.provision import setup
-
-    target = ConnectionSettings({**pg.params, "dbname": DB}, embedded=True)
-    with psycopg.connect(pg.conninfo(dbname="postgres"), autocommit=True) as admin:
-        admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(DB)))
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(DB)))
-    setup(target)
-    yield target
-    with psycopg.connect(pg.conninfo(dbname="postgres"), autocommit=True) as admin:
-        admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(DB)))
+    with own_database(pg, DB) as target:
+        yield target
 
 
 def days_ago(days: float) -> datetime:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
-from psycopg import sql
+from conftest import own_database
 
 from mcp_devdiag import ids
 from mcp_devdiag.writer import ERROR_MSG_CAP, RunRow, record_outcome, write_runs
@@ -23,18 +23,8 @@ T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 @pytest.fixture(scope="module")
 def db(pg) -> Iterator[ConnectionSettings]:
     """A database of this module's own (with `devdiag setup`), so its rows never reach other tests."""
-    from orchestrator.provision import setup
-
-    name = "devdiag_test_writer"
-    drop = sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-    with connect(pg) as conn:
-        conn.execute(drop)
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    settings = ConnectionSettings({**pg.params, "dbname": name}, embedded=pg.embedded)
-    setup(settings)
-    yield settings
-    with connect(pg) as conn:
-        conn.execute(drop)
+    with own_database(pg, "devdiag_test_writer") as settings:
+        yield settings
 
 
 def tenant() -> str:
