@@ -108,9 +108,7 @@ class Writer(threading.Thread):
 def one_run(settings, rows: int, workdir: Path, log, *, build: bool) -> dict[str, object]:
     import psycopg
 
-    from orchestrator.backup import run_backup
     from orchestrator.drill import run_drill
-    from orchestrator.restore import drop_database, run_restore
     from orchestrator.retention import run_retention
 
     figures: dict[str, object] = {}
@@ -154,20 +152,7 @@ def one_run(settings, rows: int, workdir: Path, log, *, build: bool) -> dict[str
         conn.execute("delete from devdiag.diag_run where tenant_id = 'tenant-writer'")
         figures["rows_after_retention"] = conn.execute("select count(*) from devdiag.diag_run").fetchone()[0]
 
-    log("backup ...")
-    backup = run_backup(settings, workdir / "backups", keep_days=None, quiet=True)
-    figures.update(backup_s=round(backup.seconds, 2), backup_bytes=backup.bytes)
-
-    log("restore into a new database ...")
-    drop_database(settings, "devdiag_bench_restore")
-    restored = run_restore(settings, backup.path, database="devdiag_bench_restore", quiet=True)
-    drop_database(settings, "devdiag_bench_restore")
-    figures.update(
-        restore_s=round(restored.restore_seconds, 2),
-        restore_verified_s=round(restored.seconds, 2),
-        restore_ok=restored.ok,
-        restore_problems=restored.problems,
-    )
+    figures.update(measure_backup_restore(settings, workdir, "devdiag_bench_restore", log))
 
     log("drill ...")
     drill = run_drill(settings, quiet=True)
@@ -221,6 +206,27 @@ def print_table(summary: dict[str, object], runs: int) -> None:
     for key in ("restore_problems", "drill_problems"):
         if summary[key]:
             print(f"  {key}: {'; '.join(summary[key])}")
+
+
+def measure_backup_restore(settings, workdir: Path, scratch_db: str, log, digits: int = 2) -> dict:
+    """Backup time and size, then restore time into a new database (dropped again)."""
+    from orchestrator.backup import run_backup
+    from orchestrator.restore import drop_database, run_restore
+
+    log("backup ...")
+    backup = run_backup(settings, workdir / "backups", keep_days=None, quiet=True)
+    log("restore into a new database ...")
+    drop_database(settings, scratch_db)
+    restored = run_restore(settings, backup.path, database=scratch_db, quiet=True)
+    drop_database(settings, scratch_db)
+    return {
+        "backup_s": round(backup.seconds, digits),
+        "backup_bytes": backup.bytes,
+        "restore_s": round(restored.restore_seconds, digits),
+        "restore_verified_s": round(restored.seconds, digits),
+        "restore_ok": restored.ok,
+        "restore_problems": restored.problems,
+    }
 
 
 def main() -> None:

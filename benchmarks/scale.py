@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
 from core import SKIP, percentile, query_figures  # noqa: E402  (benchmarks/core.py)
-from operations import Writer  # noqa: E402  (benchmarks/operations.py)
+from operations import Writer, measure_backup_restore  # noqa: E402  (benchmarks/operations.py)
 
 DAYS = 185
 RETENTION_DAYS = 180
@@ -291,8 +291,6 @@ def time_service(calls: int, tenant: str) -> dict[str, object]:
 
 
 def operations(settings, workdir: Path, log) -> dict[str, object]:
-    from orchestrator.backup import run_backup
-    from orchestrator.restore import drop_database, run_restore
     from orchestrator.retention import run_retention
 
     figures: dict[str, object] = {}
@@ -316,19 +314,7 @@ def operations(settings, workdir: Path, log) -> dict[str, object]:
         writer_baseline_max_s=round(baseline, 4),
         writer_transactions=count,
     )
-    log("backup ...")
-    backup = run_backup(settings, workdir / "backups", keep_days=None, quiet=True)
-    figures.update(backup_s=round(backup.seconds, 1), backup_bytes=backup.bytes)
-    log("restore into a new database ...")
-    drop_database(settings, "devdiag_scale_restore")
-    restored = run_restore(settings, backup.path, database="devdiag_scale_restore", quiet=True)
-    drop_database(settings, "devdiag_scale_restore")
-    figures.update(
-        restore_s=round(restored.restore_seconds, 1),
-        restore_verified_s=round(restored.seconds, 1),
-        restore_ok=restored.ok,
-        restore_problems=restored.problems,
-    )
+    figures.update(measure_backup_restore(settings, workdir, "devdiag_scale_restore", log, digits=1))
     return figures
 
 
