@@ -18,6 +18,8 @@ MAY_BE_EMPTY = {
     "q06": "problems with an average TTR over 2 days: none while resolution is healthy",
     "q09": "fixes under 0.70 confidence that succeeded this week: none while learning is healthy",
     "q16": "problems first seen in the last 7 days: the demo's problems all started earlier",
+    "q11": "today's problems: none yet in the first minutes of a UTC day",
+    "q13": "tenants with more than 3 problems today: a red flag, absent on most healthy days",
     "q27": "active queries other than this one",
     "q28": "active queries other than this one",
 }
