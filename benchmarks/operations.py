@@ -109,7 +109,6 @@ def one_run(settings, rows: int, workdir: Path, log, *, build: bool) -> dict[str
     import psycopg
 
     from orchestrator.drill import run_drill
-    from orchestrator.retention import run_retention
 
     figures: dict[str, object] = {}
     log(f"loading {rows:,} rows over {SPAN_DAYS} days ...")
@@ -127,27 +126,7 @@ def one_run(settings, rows: int, workdir: Path, log, *, build: bool) -> dict[str
             (RETENTION_DAYS,),
         ).fetchone()
 
-    log("retention with a concurrent writer ...")
-    writer = Writer(settings)
-    writer.start()
-    time.sleep(2.0)  # baseline
-    started = time.perf_counter()
-    report = run_retention(settings, days=RETENTION_DAYS, quiet=True)
-    ended = time.perf_counter()
-    time.sleep(0.5)
-    writer.stop.set()
-    writer.join()
-    worst, count = writer.worst(started, ended)
-    baseline, _ = writer.worst(0, started)
-    figures.update(
-        retention_s=round(ended - started, 2),
-        retention_deleted=report.rows_deleted,
-        retention_kept_first_last=report.rows_kept_first_last,
-        retention_batches=report.batches,
-        writer_max_wait_s=round(worst, 4),
-        writer_transactions=count,
-        writer_baseline_max_s=round(baseline, 4),
-    )
+    figures.update(measure_retention(settings, log))
     with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
         conn.execute("delete from devdiag.diag_run where tenant_id = 'tenant-writer'")
         figures["rows_after_retention"] = conn.execute("select count(*) from devdiag.diag_run").fetchone()[0]
@@ -206,6 +185,33 @@ def print_table(summary: dict[str, object], runs: int) -> None:
     for key in ("restore_problems", "drill_problems"):
         if summary[key]:
             print(f"  {key}: {'; '.join(summary[key])}")
+
+
+def measure_retention(settings, log) -> dict:
+    """Retention at RETENTION_DAYS while a Writer inserts in small transactions; its longest wait."""
+    from orchestrator.retention import run_retention
+
+    log(f"retention ({RETENTION_DAYS} days) with a concurrent writer ...")
+    writer = Writer(settings)
+    writer.start()
+    time.sleep(2.0)  # baseline
+    started = time.perf_counter()
+    report = run_retention(settings, days=RETENTION_DAYS, quiet=True)
+    ended = time.perf_counter()
+    time.sleep(0.5)
+    writer.stop.set()
+    writer.join()
+    worst, count = writer.worst(started, ended)
+    baseline, _ = writer.worst(0, started)
+    return {
+        "retention_s": round(ended - started, 2),
+        "retention_deleted": report.rows_deleted,
+        "retention_kept_first_last": report.rows_kept_first_last,
+        "retention_batches": report.batches,
+        "writer_max_wait_s": round(worst, 4),
+        "writer_transactions": count,
+        "writer_baseline_max_s": round(baseline, 4),
+    }
 
 
 def measure_backup_restore(settings, workdir: Path, scratch_db: str, log, digits: int = 2) -> dict:

@@ -57,10 +57,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
 from core import SKIP, percentile, query_figures  # noqa: E402  (benchmarks/core.py)
-from operations import Writer, measure_backup_restore  # noqa: E402  (benchmarks/operations.py)
+from operations import measure_backup_restore, measure_retention  # noqa: E402  (benchmarks/operations.py)
 
 DAYS = 185
-RETENTION_DAYS = 180
 BATCH = 50_000  # the writer's default batch
 TARGETS = {
     "load_rows_per_s": ">= 50,000 rows/s",
@@ -291,29 +290,9 @@ def time_service(calls: int, tenant: str) -> dict[str, object]:
 
 
 def operations(settings, workdir: Path, log) -> dict[str, object]:
-    from orchestrator.retention import run_retention
 
     figures: dict[str, object] = {}
-    log("retention (180 days) with a concurrent writer ...")
-    writer = Writer(settings)
-    writer.start()
-    time.sleep(2.0)
-    started = time.perf_counter()
-    report = run_retention(settings, days=RETENTION_DAYS, quiet=True)
-    ended = time.perf_counter()
-    time.sleep(0.5)
-    writer.stop.set()
-    writer.join()
-    worst, count = writer.worst(started, ended)
-    baseline, _ = writer.worst(0, started)
-    figures.update(
-        retention_s=round(ended - started, 2),
-        retention_deleted=report.rows_deleted,
-        retention_kept_first_last=report.rows_kept_first_last,
-        writer_max_wait_s=round(worst, 4),
-        writer_baseline_max_s=round(baseline, 4),
-        writer_transactions=count,
-    )
+    figures.update(measure_retention(settings, log))
     figures.update(measure_backup_restore(settings, workdir, "devdiag_scale_restore", log, digits=1))
     return figures
 
