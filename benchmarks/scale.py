@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Scale figures at N diagnostic runs (default 10,000,000 over 185 days), on a fresh embedded PostgreSQL.
 
-    python benchmarks/scale.py [--runs 10000000] [--tenants 8] [--repeat 20] [--json] [--keep]
+    python benchmarks/scale.py [--runs 10000000] [--tenants 50] [--codes 60] [--repeat 20] [--json] [--keep]
     python benchmarks/scale.py --sizes 1000000,3000000,10000000 [--all] [--json]
 
 `--sizes`: the same runs a day as --runs over 185 days (54,054 by default), so 1M runs are 18 days
@@ -9,12 +9,14 @@ of history, 3M 56 days, 10M 185: the load, builds and queries of each size, then
 build after one more day and panel p95 side by side (cost against history, not against volume).
 
 One database per size, in a temporary DEVDIAG_HOME (about 0.5 GB a million runs; 10M runs need
-~4 GB of RAM for the simulation and 10-15 min). Each figure says how it was measured:
+~3 GB of RAM for the simulation and 10-15 min). Each figure says how it was measured:
 
 - data: the demo generator's simulation (orchestrator/demo_data.py: realistic skew, Zipf problems,
-  working hours, outcomes by Thompson sampling) for ``--runs`` runs over 185 days ending now. It
-  offers at most 8 tenants and 20 problem codes (of the catalog's 56), so that is what is used,
-  not the issue's 50 tenants and 60 codes. The last day is held back.
+  working hours, outcomes by Thompson sampling) for ``--runs`` runs over 185 days ending now, for
+  ``--tenants`` tenants (default 50: the eight named demo tenants, then team-09 ... team-50 with
+  Zipf-like volumes, the largest ~9% of the runs, the smallest ~0.7%) and ``--codes`` problem codes
+  (default 60: the demo's 20, then the catalog's other problems; Zipf-like popularity, at most 10
+  distinct problems a day across all tenants, as the health check wants). The last day is held back.
 - bulk load: the history (the last day held back) written by mcp_devdiag.writer.write_runs (COPY
   batches of 50,000, all 9 indexes in place, UUIDv7 ids in time order): rows/s of the write_runs
   calls alone (building the row objects is timed apart); outcomes recorded in the last day are left
@@ -86,7 +88,9 @@ def timed(fn) -> float:
 # --- data ------------------------------------------------------------------------------------------
 
 
-def load_history(settings, runs: int, days: int, tenants: int, now: datetime, log) -> tuple[dict, list, list]:
+def load_history(
+    settings, runs: int, days: int, tenants: int, now: datetime, log, codes: int = 60
+) -> tuple[dict, list, list]:
     """Simulate, write all but the last day; return figures, the held-back rows and outcome updates."""
     from dataclasses import replace
 
@@ -111,9 +115,9 @@ def load_history(settings, runs: int, days: int, tenants: int, now: datetime, lo
 
     with connect(settings) as conn, _gc_paused():
         _require_schema(conn)
-        log(f"simulating {runs:,} runs over {days} days, {tenants} tenants ...")
+        log(f"simulating {runs:,} runs over {days} days, {tenants} tenants, {codes} problem codes ...")
         started = time.perf_counter()
-        simulation = _simulate(conn, runs, 7, now, days, tenants)
+        simulation = _simulate(conn, runs, 7, now, days, tenants, codes)
         figures["simulate_s"] = round(time.perf_counter() - started, 1)
         log(f"  {len(simulation[0]):,} rows simulated in {figures['simulate_s']} s; writing ...")
         # Rows are built (Python objects, ids, timestamps) a batch at a time and written; only the
@@ -301,7 +305,7 @@ def operations(settings, workdir: Path, log) -> dict[str, object]:
 
 
 def one_size(
-    runs: int, days: int, tenants: int, repeat: int, calls: int, log, *, keep: bool, full: bool
+    runs: int, days: int, tenants: int, repeat: int, calls: int, log, *, keep: bool, full: bool, codes: int = 60
 ) -> dict[str, object]:
     home = Path(tempfile.mkdtemp(prefix="devdiag-bench-scale-"))
     os.environ["DEVDIAG_HOME"] = str(home)
@@ -312,12 +316,12 @@ def one_size(
     from orchestrator import config, embedded
     from orchestrator.provision import setup
 
-    figures: dict[str, object] = {"runs": runs, "days": days, "tenants": tenants}
+    figures: dict[str, object] = {"runs": runs, "days": days, "tenants": tenants, "codes": codes}
     try:
         settings = config.settings()
         setup(settings)
         now = datetime.now(UTC)
-        loaded, held, updates = load_history(settings, runs, days, tenants, now, log)
+        loaded, held, updates = load_history(settings, runs, days, tenants, now, log, codes)
         figures.update(loaded)
         vacuum(settings)
         log("dbt build, full ...")
@@ -467,7 +471,15 @@ def main() -> None:
         "of history): builds and query p95 side by side; the operations figures are skipped (--all to keep them)",
     )
     parser.add_argument("--all", action="store_true", help="with --sizes: every figure for every size")
-    parser.add_argument("--tenants", type=int, default=8, help="tenants (the demo generator offers 1-8; default 8)")
+    parser.add_argument(
+        "--tenants", type=int, default=50, help="tenants: acme ... wayne, then team-09, team-10, ... (default 50)"
+    )
+    parser.add_argument(
+        "--codes",
+        type=int,
+        default=60,
+        help="problem codes: the demo's 20, then the catalog's other problems with 2+ fixes (default 60)",
+    )
     parser.add_argument("--repeat", type=int, default=20, help="timed executions per query (default 20)")
     parser.add_argument("--calls", type=int, default=500, help="timed diagnose and suggest_fixes calls (default 500)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -482,7 +494,11 @@ def main() -> None:
         for n in sizes:
             days = max(2, round(n / per_day))
             log(f"== {n:,} runs over {days} days")
-            results.append(one_size(n, days, args.tenants, args.repeat, args.calls, log, keep=args.keep, full=args.all))
+            results.append(
+                one_size(
+                    n, days, args.tenants, args.repeat, args.calls, log, keep=args.keep, full=args.all, codes=args.codes
+                )
+            )
         if args.json:
             print(json.dumps(results, indent=2, default=str))
         else:
@@ -490,7 +506,9 @@ def main() -> None:
                 print_table(figures, args.repeat)
             print_sizes(results)
         return
-    figures = one_size(args.runs, DAYS, args.tenants, args.repeat, args.calls, log, keep=args.keep, full=True)
+    figures = one_size(
+        args.runs, DAYS, args.tenants, args.repeat, args.calls, log, keep=args.keep, full=True, codes=args.codes
+    )
     if args.json:
         print(json.dumps(figures, indent=2, default=str))
     else:

@@ -5,13 +5,18 @@
 The model, replayed in time order (one seeded RNG per concern, so runs, problems and outcomes do
 not perturb each other):
 
-- Runs: ``runs`` timestamps over ``days`` up to ``now``, weighted by each tenant's working hours
-  and weekdays, plus a few runs in the last hour (freshness, "new rows today").
+- Tenants (``tenants``, default 3): acme, globex, initech, ... (eight named ones), then team-09,
+  team-10, ... with run volumes falling off like Zipf (1/rank); each has its working hours (UTC
+  offset) and environments.
+- Runs: ``runs`` timestamps over ``days`` up to ``now``, weighted by each tenant's volume, working
+  hours and weekdays, plus a few runs in the last hour (freshness, "new rows today").
 - Incidents: per tenant, problems appear as a Poisson process whose rate does not depend on
-  ``runs`` from ~7,500 runs up (so the concurrent problems, and the distinct problems a day, are
-  the same at 10,000 or 1,000,000 runs: ``runs`` scales sightings and clean runs); smaller demos
-  get fewer incidents, else nearly every run would find one. The code is drawn from a Zipf-like
-  popularity over 20 catalog problems; the same code recurs later.
+  ``runs`` from ~7,500 runs per three tenants up (so the concurrent problems, and the distinct
+  problems a day, are the same at 10,000 or 1,000,000 runs: ``runs`` scales sightings and clean
+  runs); smaller demos get fewer incidents, else nearly every run would find one. Each tenant meets
+  problems at the same pace, so 50 tenants have ~17x the incidents of 3. The code is drawn from a
+  Zipf-like popularity over ``codes`` catalog problems (default the 20 of DEMO_CODES; more adds the
+  catalog's other problems with 2+ fixes, in catalog order); the same code recurs later.
 - Sightings: while an incident is open, each of its tenant's runs sees it with a probability
   set by its severity; a run sees at most two. Runs that see nothing are clean rows.
 - Attempts: a sighting with no fix in flight is an attempt: the team picks a fix by Thompson
@@ -23,19 +28,21 @@ not perturb each other):
 - Confidence: each suggestion stores what ``devdiag.fix_confidence`` gave at that moment, from
   the outcomes recorded before the run (that tenant, and all tenants); the formula is evaluated
   by the database, in bulk, never re-implemented here.
-- Guard rails for the health checks and alerts: at most 10 distinct problems a UTC day, and no
-  problem above ~13% of the runs of any trailing 7 days (the alert fires above 20%).
+- Guard rails for the health checks and alerts: at most 10 distinct problems a UTC day across all
+  tenants, and no problem above ~13% of the runs of any trailing 7 days (the alert fires above 20%).
 - The week's two most frequent problems are seen again in the last 20 hours, as dominant
   problems are current ones: the runbook's "review recent occurrences" step has rows to show.
 
 Resulting shape (checked by tests/python/test_demo_data.py from 2,000 runs up): 45-55% clean
 runs, median time to resolution ~0.3 days, 30-day average confidence of suggestions 0.74-0.88
-(higher with more history). 1M runs: ~7 s to simulate, ~15-25 s to load; ~400 MB peak.
+(higher with more history). 1M runs: ~7-15 s to simulate (3 or 50 tenants alike), ~15-25 s to load;
+~250-350 MB for the simulation; 10M runs at 50 tenants and 60 codes: ~3 GB.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import heapq
 import itertools
@@ -94,6 +101,7 @@ DEMO_CODES = (
     "FILE_WATCHER_LIMIT",
     "NODE_ENGINE_MISMATCH",
 )
+DEFAULT_CODES = len(DEMO_CODES)
 
 # Error text as developers paste it, already redacted; each matches its problem's catalog patterns.
 ERROR_TEMPLATES: dict[str, str] = {
@@ -137,6 +145,90 @@ ERROR_TEMPLATES: dict[str, str] = {
     "npm WARN EBADENGINE   package: '{npm}@{semver}',\n"
     "npm WARN EBADENGINE   required: {{ node: '>=20' }},\n"
     "npm WARN EBADENGINE   current: {{ node: 'v18.19.0', npm: '10.2.3' }}",
+    # The other catalog problems (used when the demo runs with more than its 20 codes: --codes).
+    "CORS_PREFLIGHT_FAILED": "Access to fetch at 'https://api.{domain}/v1/{path}' "
+    "from origin 'http://localhost:{port}' has been blocked by CORS policy: "
+    "Response to preflight request doesn't pass access control check: It does not have HTTP ok status.",
+    "FRAME_EMBED_BLOCKED": "Refused to display 'https://{host}.{domain}/' in a frame because it set "
+    "'X-Frame-Options' to 'sameorigin'.",
+    "CSP_INLINE_SCRIPT_BLOCKED": "Refused to execute inline script because it violates the following Content Security "
+    "Policy directive: \"script-src 'self'\". Either the 'unsafe-inline' keyword, a hash or a nonce is required.",
+    "MIXED_CONTENT": "Mixed Content: The page at 'https://{host}.{domain}/' was loaded over HTTPS, but requested an "
+    "insecure XMLHttpRequest endpoint 'http://api.{domain}/v1/{path}'. This request has been blocked.",
+    "COOKIE_REJECTED": 'This attempt to set a cookie via a Set-Cookie header was blocked because it had the "Secure" '
+    "attribute but was not received over a secure connection.",
+    "TLS_CERT_EXPIRED": "fatal: unable to access 'https://git.{domain}/{org}/{repo}.git/': "
+    "SSL certificate problem: certificate has expired",
+    "TLS_HOSTNAME_MISMATCH": "curl: (60) SSL: no alternative certificate subject name matches target host name "
+    "'{host}.{domain}'",
+    "HTTP_5XX_BURST": "POST http://localhost:{port}/api/{path} 500 (Internal Server Error)",
+    "REQUEST_TIMEOUT": "requests.exceptions.ReadTimeout: HTTPSConnectionPool(host='api.{domain}', port=443): "
+    "Read timed out. (read timeout=30)",
+    "INVALID_JSON_RESPONSE": "Uncaught (in promise) SyntaxError: Unexpected token '<', "
+    '"<!DOCTYPE "... is not valid JSON',
+    "DB_UNREACHABLE": "django.db.utils.OperationalError: FATAL:  the database system is starting up",
+    "DB_DATABASE_MISSING": 'psycopg.OperationalError: connection failed: FATAL:  database "{dbuser}" does not exist',
+    "DB_TOO_MANY_CONNECTIONS": "FATAL:  remaining connection slots are reserved for "
+    "non-replication superuser connections",
+    "PY_EXTERNALLY_MANAGED": "error: externally-managed-environment\n\n× This environment is externally managed\n"
+    "╰─> To install Python packages system-wide, try apt install\n    python3-xyz, where xyz is the package you are "
+    "trying to\n    install.",
+    "PIP_SSL_ERROR": "Could not fetch URL https://pypi.org/simple/{pypkg}/: There was a problem confirming the ssl "
+    "certificate: HTTPSConnectionPool(host='pypi.org', port=443): Max retries exceeded with url: /simple/{pypkg}/ "
+    "(Caused by SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED]')))",
+    "PY_SYNTAX_ERROR": 'File "/home/dev/{repo}/app/main.py", line {line}\n    if user is None\n'
+    "                   ^\nSyntaxError: expected ':'",
+    "PIP_NO_MATCHING_DIST": "ERROR: Could not find a version that satisfies the requirement {pypkg}==0.0.1 "
+    "(from versions: none)\nERROR: No matching distribution found for {pypkg}==0.0.1",
+    "PIP_BUILD_WHEEL_FAILED": "ERROR: Failed building wheel for {pypkg}\nFailed to build {pypkg}\n"
+    "ERROR: Could not build wheels for {pypkg}, which is required to install pyproject.toml-based projects",
+    "PIP_RESOLUTION_CONFLICT": "ERROR: Cannot install -r requirements.txt (line {line}) and {pypkg}==2.0.0 "
+    "because these package versions have conflicting dependencies.\nERROR: ResolutionImpossible",
+    "PY_VENV_BROKEN": "-bash: /home/dev/{repo}/.venv/bin/pip: /home/dev/{repo}-old/.venv/bin/python3: bad interpreter: "
+    "No such file or directory",
+    "NPM_EACCES": "npm ERR! code EACCES\nnpm ERR! syscall mkdir\nnpm ERR! path /usr/local/lib/node_modules/{npm}\n"
+    "npm ERR! errno -13",
+    "NODE_ESM_CJS_MISMATCH": "SyntaxError: Cannot use import statement outside a module\n"
+    "    at internalCompileFunction (node:internal/vm:76:18)",
+    "NODE_OPENSSL_UNSUPPORTED": "Error: error:0308010C:digital envelope routines::unsupported\n"
+    "    at new Hash (node:internal/crypto/hash:69:19)",
+    "NODE_LOCKFILE_OUT_OF_SYNC": "npm ERR! `npm ci` can only install packages when your package.json and "
+    "package-lock.json or npm-shrinkwrap.json are in sync. Please update your lock file with `npm install` "
+    "before continuing.\nnpm ERR! Missing: {npm}@{semver} from lock file",
+    "SSH_HOST_KEY_FAILED": "Host key verification failed.\nfatal: Could not read from remote repository.",
+    "GIT_NOT_A_REPO": "fatal: not a git repository (or any of the parent directories): .git",
+    "GIT_UNCOMMITTED_CHANGES": "error: Your local changes to the following files would be overwritten by checkout:\n"
+    "\t{file}\nPlease commit your changes or stash them before you switch branches.\nAborting",
+    "GIT_AUTH_FAILED": "remote: Invalid username or password.\n"
+    "fatal: Authentication failed for 'https://github.com/{org}/{repo}.git/'",
+    "GIT_DUBIOUS_OWNERSHIP": "fatal: detected dubious ownership in repository at '/home/dev/{repo}'\n"
+    "To add an exception for this directory, call:\n\n\tgit config --global --add safe.directory /home/dev/{repo}",
+    "DOCKER_SOCKET_PERMISSION": "permission denied while trying to connect to the Docker daemon socket at "
+    "unix:///var/run/docker.sock: dial unix /var/run/docker.sock: connect: permission denied",
+    "DOCKER_IMAGE_NOT_FOUND": "Error response from daemon: manifest for {org}/{repo}:{semver} not found: "
+    "manifest unknown: manifest unknown",
+    "DOCKER_PLATFORM_MISMATCH": "exec /usr/local/bin/docker-entrypoint.sh: exec format error",
+    "K8S_CRASH_LOOP": "  Warning  BackOff  2m (x{count} over 9m)  kubelet  Back-off restarting failed container "
+    "{service} in pod {repo}-7d9f8b6c5d-x2k4p",
+    "DISK_FULL": "OSError: [Errno 28] No space left on device: '/home/dev/{repo}/.cache/build.tmp'",
+    "TOO_MANY_OPEN_FILES": "Error: EMFILE: too many open files, open '/home/dev/{repo}/src/{tsfile}.ts'",
+    "DNS_RESOLUTION_FAILED": "Error: getaddrinfo ENOTFOUND {host}.{domain}",
+    "OOM_KILLED": "{repo}-{service}-1 exited with code 137",
+    "SEGFAULT": "Fatal Python error: Segmentation fault\n\nCurrent thread 0x00007f1c2b4e7740 (most recent call first):",
+    "COMMAND_NOT_FOUND": "/bin/sh: 1: {service}-cli: not found",
+    "GO_MODULES_OUT_OF_SYNC": "main.go:{line}:2: no required module provides package github.com/{org}/{repo}; "
+    "to add it:\n\tgo get github.com/{org}/{repo}",
+    "RUST_TOOLCHAIN_TOO_OLD": "error: package `clap_lex v0.7.0` cannot be built because it requires rustc 1.74 or "
+    "newer, while the currently active rustc version is 1.70.0",
+    "JAVA_VERSION_MISMATCH": 'Exception in thread "main" java.lang.UnsupportedClassVersionError: com/example/App has '
+    "been compiled by a more recent version of the Java Runtime (class file version 61.0), this version of the Java "
+    "Runtime only recognizes class file versions up to 55.0",
+    "JVM_DEPENDENCY_UNRESOLVED": "[ERROR] Failed to execute goal on project {repo}: Could not resolve dependencies for "
+    "project com.example:{repo}:jar:1.0.0: Could not find artifact com.example:common:jar:{semver} in central "
+    "(https://repo.maven.apache.org/maven2)",
+    "TERRAFORM_STATE_LOCKED": "Error: Error acquiring the state lock\n\n"
+    "Error message: ConditionalCheckFailedException: The conditional request failed\n"
+    "Lock Info:\n  Path:      tfstate/{repo}/terraform.tfstate\n  Operation: OperationTypeApply",
 }
 _FILL: dict[str, tuple[str, ...]] = {
     "repo": ("billing-api", "web-shop", "data-pipeline", "mobile-bff", "auth-service", "docs-site"),
@@ -165,6 +257,12 @@ _FILL: dict[str, tuple[str, ...]] = {
 }
 
 TENANT_NAMES = ("acme", "globex", "initech", "umbrella", "hooli", "soylent", "stark", "wayne")
+MAX_TENANTS = 999  # beyond the named eight: team-09 ... team-999
+# Tenants beyond the named eight: run volume falls off like Zipf (1/rank) from about the level of the
+# smaller named ones, so 50 tenants give a few large teams and a long tail (top one ~9% of runs, the
+# smallest ~0.7%); working days spread over these UTC offsets.
+_TAIL_WEIGHT, _TAIL_RANK = 0.2, 8.5
+_TAIL_OFFSETS = (-8, 1, 5.5, -5, 2, 8, -3, 0, 9, -6, 3, 10)
 # (run volume weight, UTC offset of its working day in hours, environments with weights)
 _TENANT_PROFILES: tuple[tuple[float, float, tuple[tuple[str, float], ...]], ...] = (
     (
@@ -244,9 +342,9 @@ class _Incident:
     flare_up: bool = False  # reopened for the runbook's "recent occurrences": seen once regardless
 
 
-@dataclass
+@dataclass(slots=True)
 class _Row:
-    """A finding (or clean run) before ids and confidence are attached."""
+    """A finding (or clean run) before ids and confidence are attached (slots: 10M runs, ~10M of these)."""
 
     run: int
     ts_us: int
@@ -271,13 +369,14 @@ def generate(
     now: datetime | None = None,
     days: int = 185,
     tenants: int = 3,
+    codes: int = DEFAULT_CODES,
 ) -> list[RunRow]:
     """The demo rows for ``runs`` diagnostic runs, in time order; deterministic for (seed, now).
 
     ``conn`` evaluates ``devdiag.fix_confidence`` (the raw schema must exist: `devdiag setup`).
     """
     with _gc_paused():
-        return list(_iter_rows(*_simulate(conn, runs, seed, now, days, tenants)))
+        return list(_iter_rows(*_simulate(conn, runs, seed, now, days, tenants, codes)))
 
 
 def load_demo(
@@ -288,6 +387,7 @@ def load_demo(
     *,
     days: int = 185,
     tenants: int = 3,
+    codes: int = DEFAULT_CODES,
 ) -> LoadReport:
     """Generate and load the demo history; loading the same (runs, seed, now) again inserts 0.
 
@@ -297,7 +397,7 @@ def load_demo(
     started = time.perf_counter()
     with connect(settings) as conn, _gc_paused():
         _require_schema(conn)
-        simulation = _simulate(conn, runs, seed, now, days, tenants)
+        simulation = _simulate(conn, runs, seed, now, days, tenants, codes)
         records = simulation[0]
         simulated = time.perf_counter()
         inserted = write_runs(conn, _iter_rows(*simulation))
@@ -366,38 +466,60 @@ def _gc_paused() -> Iterator[None]:
 
 
 def _simulate(
-    conn: psycopg.Connection, runs: int, seed: int, now: datetime | None, days: int, tenants: int
+    conn: psycopg.Connection,
+    runs: int,
+    seed: int,
+    now: datetime | None,
+    days: int,
+    tenants: int,
+    codes: int = DEFAULT_CODES,
 ) -> tuple[list[_Row], dict[tuple, float], tuple[Tenant, ...], int]:
     """Replay the history, then score every suggestion with devdiag.fix_confidence in bulk."""
     if runs < 1:
         raise ValueError(f"runs must be at least 1, got {runs}")
     if days < 8:
         raise ValueError(f"days must be at least 8 (a 7-day window and today), got {days}")
-    if not 1 <= tenants <= len(TENANT_NAMES):
-        raise ValueError(f"tenants must be between 1 and {len(TENANT_NAMES)}, got {tenants}")
     now_us = ids.micros(now if now is not None else datetime.now(UTC))  # rejects a naive `now`
-    sim = _Simulation(runs, seed, now_us, days, tenants)
+    sim = _Simulation(runs, seed, now_us, days, tenants, codes)
     records = sim.run()
-    scores = _score(conn, {r.score_key for r in records if r.score_key is not None})
+    scores = _score(conn, set(sim.score_keys))
     return records, scores, sim.tenants, seed
 
 
-def demo_problems(seed: int = 7, tenants: int = 3) -> tuple[DemoProblem, ...]:
-    """The 20 demo problems with their catalog fixes, priors and hidden true success rates."""
+def demo_codes(count: int = DEFAULT_CODES) -> tuple[str, ...]:
+    """The first ``count`` demo problem codes, most frequent first: DEMO_CODES, then the catalog's
+    other problems with at least two fixes, in catalog order."""
     catalog = load_catalog()
-    codes = [c for c in DEMO_CODES if c in catalog.problems]
-    codes += [p.code for p in catalog if p.code not in codes and len(p.fixes) >= 2][: len(DEMO_CODES) - len(codes)]
-    return tuple(_demo_problem(catalog.problem(code), seed, tenants) for code in codes)
+    eligible = [p.code for p in catalog if len(p.fixes) >= 2]
+    ordered = [c for c in DEMO_CODES if c in eligible]
+    ordered += [c for c in eligible if c not in ordered]
+    if not 1 <= count <= len(ordered):
+        raise ValueError(f"codes must be between 1 and {len(ordered)} (catalog problems with 2+ fixes), got {count}")
+    return tuple(ordered[:count])
+
+
+def demo_problems(seed: int = 7, tenants: int = 3, codes: int = DEFAULT_CODES) -> tuple[DemoProblem, ...]:
+    """The demo problems (20 by default) with their catalog fixes, priors and hidden true success rates."""
+    catalog = load_catalog()
+    return tuple(_demo_problem(catalog.problem(code), seed, tenants) for code in demo_codes(codes))
 
 
 def demo_tenants(count: int = 3) -> tuple[Tenant, ...]:
+    """The first ``count`` demo tenants: the eight named ones, then team-09, team-10, ... (smaller and smaller)."""
+    if not 1 <= count <= MAX_TENANTS:
+        raise ValueError(f"tenants must be between 1 and {MAX_TENANTS}, got {count}")
     result = []
     for i in range(count):
         weight, offset, envs = _TENANT_PROFILES[i % len(_TENANT_PROFILES)]
-        if i >= len(_TENANT_PROFILES):
-            weight, offset = weight * 0.6, offset + 3 * (i // len(_TENANT_PROFILES))
+        if i >= len(TENANT_NAMES):
+            name = f"team-{i + 1:02d}"
+            weight, offset = _TAIL_WEIGHT * _TAIL_RANK / (i + 1), _TAIL_OFFSETS[i % len(_TAIL_OFFSETS)]
+        else:
+            name = TENANT_NAMES[i]
+            if i >= len(_TENANT_PROFILES):
+                weight, offset = weight * 0.6, offset + 3 * (i // len(_TENANT_PROFILES))
         labels = tuple(e for e, _ in envs)
-        result.append(Tenant(TENANT_NAMES[i], weight, offset, labels, tuple(itertools.accumulate(w for _, w in envs))))
+        result.append(Tenant(name, weight, offset, labels, tuple(itertools.accumulate(w for _, w in envs))))
     return tuple(result)
 
 
@@ -436,6 +558,12 @@ def _unlike(rate: float, prior: float, gap: float = 0.05) -> float:
 # --- the simulation -------------------------------------------------------------------------------
 
 
+@functools.cache
+def _week_activity(offset_h: float) -> tuple[float, ...]:
+    """_activity for each UTC hour of the week (index weekday * 24 + hour)."""
+    return tuple(_activity(h % 24, h // 24, offset_h) for h in range(24 * 7))
+
+
 def _activity(hour_utc: int, weekday_utc: int, offset_h: float) -> float:
     """Relative activity of a tenant in one UTC hour: working hours, quieter nights and weekends."""
     local = (hour_utc + offset_h) % 24
@@ -451,18 +579,25 @@ def _activity(hour_utc: int, weekday_utc: int, offset_h: float) -> float:
 
 
 class _Simulation:
-    def __init__(self, runs: int, seed: int, now_us: int, days: int, tenants: int) -> None:
+    def __init__(self, runs: int, seed: int, now_us: int, days: int, tenants: int, codes: int = DEFAULT_CODES) -> None:
         self.runs = runs
         self.now_us = now_us
         self.start_us = now_us - days * DAY_US
         self.tenants = demo_tenants(tenants)
-        # Small demos have too few runs to sight many problems: fewer incidents, else almost
-        # every run would find one. From ~7,500 runs (40 a day) on, the rate no longer depends on N.
-        runs_per_day = runs / days
-        self.incidents_per_day = INCIDENTS_PER_DAY * min(1.0, runs_per_day / RUNS_PER_DAY_FOR_FULL_RATE) ** 0.6
-        self.problems = demo_problems(seed, tenants)
+        # Each tenant meets problems at the same pace, so more tenants means more incidents (the
+        # daily diversity cap still holds org-wide). Small demos have too few runs to sight many
+        # problems: fewer incidents, else almost every run would find one. From ~7,500 runs (40 a
+        # day) per three tenants on, the rate no longer depends on N.
+        scale = len(self.tenants) / 3
+        full_rate_runs = RUNS_PER_DAY_FOR_FULL_RATE * max(1.0, scale)
+        self.incidents_per_day = INCIDENTS_PER_DAY * scale * min(1.0, runs / days / full_rate_runs) ** 0.6
+        self.problems = demo_problems(seed, tenants, codes)
+        # score keys interned: a suggestion's key repeats until its next outcome (saves memory at 10M runs)
+        self.score_keys: dict[tuple[float, int, int, int, int], tuple[float, int, int, int, int]] = {}
         ranks = range(1, len(self.problems) + 1)
         self.popularity = [r**-ZIPF_EXPONENT for r in ranks]
+        self.popularity_new_today = [w * 0.05 for w in self.popularity]
+        self.code_index = {p.code: i for i, p in enumerate(self.problems)}
         # One RNG per concern: changing the number of runs does not reshuffle the incidents' codes.
         self.rng_runs = random.Random(f"{seed}:runs")
         self.rng_incidents = random.Random(f"{seed}:incidents")
@@ -492,19 +627,32 @@ class _Simulation:
         first_hour = self.start_us // HOUR_US
         last_hour = (self.now_us - 1) // HOUR_US
         span_hours = last_hour - first_hour + 1
+        hours = []
+        for h, hour_of_week in self._hours():
+            lo, hi = max(h * HOUR_US, self.start_us), min((h + 1) * HOUR_US, self.now_us)
+            growth = 0.8 + 0.4 * (h - first_hour) / span_hours  # adoption grows over the period
+            hours.append((h, hour_of_week, growth, hi - lo))
         for t, tenant in enumerate(self.tenants):
-            for h in range(first_hour, last_hour + 1):
-                lo, hi = max(h * HOUR_US, self.start_us), min((h + 1) * HOUR_US, self.now_us)
-                dt = datetime.fromtimestamp(h * 3600, UTC)
-                growth = 0.8 + 0.4 * (h - first_hour) / span_hours  # adoption grows over the period
-                total += tenant.weight * _activity(dt.hour, dt.weekday(), tenant.utc_offset_h) * growth * (hi - lo)
-                keys.append(t * (1 << 40) + h)
+            weight, activity, base = tenant.weight, _week_activity(tenant.utc_offset_h), t * (1 << 40)
+            for h, hour_of_week, growth, length in hours:
+                total += weight * activity[hour_of_week] * growth * length
+                keys.append(base + h)
                 cum.append(total)
         return keys, cum
 
-    def _run_times(self) -> list[tuple[int, int]]:
-        """Sorted (ts_us, tenant) of every run; the last hour before `now` always has runs."""
+    def _hours(self) -> list[tuple[int, int]]:
+        """(hour since the epoch, UTC hour of the week: weekday * 24 + hour) of every hour of the demo."""
+        out = []
+        for h in range(self.start_us // HOUR_US, (self.now_us - 1) // HOUR_US + 1):
+            dt = datetime.fromtimestamp(h * 3600, UTC)
+            out.append((h, dt.weekday() * 24 + dt.hour))
+        return out
+
+    def _run_times(self) -> list[int]:
+        """Every run as ts_us * tenants + tenant, sorted (one int a run, not a tuple: 10M runs);
+        the last hour before `now` always has runs."""
         rng = self.rng_runs
+        n = len(self.tenants)
         anchors = min(self.runs, 3)
         keys, cum = self._hour_weights()
         picks = rng.choices(keys, cum_weights=cum, k=self.runs - anchors)
@@ -512,11 +660,12 @@ class _Simulation:
         for key in picks:
             tenant, h = divmod(key, 1 << 40)
             lo, hi = max(h * HOUR_US, self.start_us), min((h + 1) * HOUR_US, self.now_us)
-            out.append((lo + int(rng.random() * (hi - lo)), tenant))
+            out.append((lo + int(rng.random() * (hi - lo))) * n + tenant)
+        del picks
         # Freshness: a few runs in the last hour, and today (UTC) when today has begun.
         lo = max(self.now_us - HOUR_US, self.now_us - self.now_us % DAY_US)
         for _ in range(anchors):
-            out.append((lo + int(rng.random() * max(1, self.now_us - lo)), rng.randrange(len(self.tenants))))
+            out.append((lo + int(rng.random() * max(1, self.now_us - lo))) * n + rng.randrange(n))
         out.sort()
         return out
 
@@ -524,15 +673,16 @@ class _Simulation:
         """Sorted (ts_us, tenant) at which a new problem appears, independent of the run count."""
         rng = self.rng_incidents
         weights = [math.sqrt(t.weight) for t in self.tenants]
+        total = sum(weights)
+        hours = self._hours()
         out = []
         for t, tenant in enumerate(self.tenants):
-            per_day = self.incidents_per_day * weights[t] / sum(weights) * min(1.0, len(self.tenants) / 3)
+            per_day = self.incidents_per_day * weights[t] / total
             # normalise activity so the tenant averages `per_day` over a week
-            week = [_activity(h % 24, h // 24, tenant.utc_offset_h) for h in range(24 * 7)]
+            week = _week_activity(tenant.utc_offset_h)
             scale = per_day * 7 / sum(week)
-            for h in range(self.start_us // HOUR_US, (self.now_us - 1) // HOUR_US + 1):
-                dt = datetime.fromtimestamp(h * 3600, UTC)
-                if rng.random() < scale * _activity(dt.hour, dt.weekday(), tenant.utc_offset_h):
+            for h, hour_of_week in hours:
+                if rng.random() < scale * week[hour_of_week]:
                     ts = max(h * HOUR_US, self.start_us) + int(rng.random() * HOUR_US)
                     if ts < self.now_us:
                         out.append((ts, t))
@@ -546,7 +696,9 @@ class _Simulation:
         records: list[_Row] = []
         ai = 0
         flare_at = self.now_us - FLARE_UP_HOURS * HOUR_US
-        for run_no, (ts, tenant) in enumerate(self._run_times()):
+        n = len(self.tenants)
+        for run_no, key in enumerate(self._run_times()):
+            ts, tenant = divmod(key, n)
             ai = self._advance(ts, arrivals, ai)
             self._roll_windows(ts)
             if flare_at is not None and ts >= flare_at:
@@ -587,16 +739,23 @@ class _Simulation:
             self.open[inc.tenant].remove(inc)
 
     def _open_incident(self, tenant: int, ts: int) -> None:
+        """A new problem for the tenant: by popularity, not one it already has open, less likely if
+        already prominent this week or (on a day with many problems already) not yet seen today."""
         rng = self.rng_incidents
-        busy = {inc.problem.code for inc in self.open[tenant]}
-        weights = []
-        for problem, pop in zip(self.problems, self.popularity, strict=True):
-            w = 0.0 if problem.code in busy else pop
-            if self.win_runs and self.win_codes.get(problem.code, 0) > 0.6 * MAX_CODE_SHARE_7D * self.win_runs:
-                w *= 0.05  # already prominent this week: let another problem have its turn
-            if len(self.today) >= DIVERSITY_SOFT_LIMIT and problem.code not in self.today:
-                w *= 0.05
-            weights.append(w)
+        index = self.code_index
+        if len(self.today) >= DIVERSITY_SOFT_LIMIT:
+            weights = self.popularity_new_today[:]
+            for code in self.today:
+                weights[index[code]] = self.popularity[index[code]]
+        else:
+            weights = self.popularity[:]
+        if self.win_runs:
+            limit = 0.6 * MAX_CODE_SHARE_7D * self.win_runs
+            for code, seen in self.win_codes.items():
+                if seen > limit:
+                    weights[index[code]] *= 0.05  # already prominent this week: let another problem have its turn
+        for inc in self.open[tenant]:
+            weights[index[inc.problem.code]] = 0.0
         if any(weights):
             self._start(tenant, rng.choices(self.problems, weights=weights)[0])
 
@@ -636,18 +795,24 @@ class _Simulation:
             self.hour = hour
             self.hour_log[hour] = (0, {})
 
-    def _sightable(self, inc: _Incident) -> bool:
-        code = inc.problem.code
-        if code not in self.today and len(self.today) >= MAX_CODES_PER_DAY:
-            return False
+    def _sightings(self, tenant: int) -> list[_Incident]:
+        """The tenant's open incidents this run sees: each with its sighting probability, within the
+        day's diversity cap and the 7-day share cap (inlined: this runs for every run)."""
+        rng = self.rng_sight
+        today, win_codes = self.today, self.win_codes
+        day_full = len(today) >= MAX_CODES_PER_DAY
         # The share is checked when a sighting is added; it can still creep up as older runs leave
         # the window (a quiet weekend after a busy week), hence the margin below the alert's 20%.
-        seen = self.win_codes.get(code, 0) + 1
-        return seen <= 5 or inc.flare_up or seen <= MAX_CODE_SHARE_7D * (self.win_runs + 1)
-
-    def _sightings(self, tenant: int) -> list[_Incident]:
-        rng = self.rng_sight
-        hits = [inc for inc in self.open[tenant] if rng.random() < inc.sighting and self._sightable(inc)]
+        share_cap = MAX_CODE_SHARE_7D * (self.win_runs + 1)
+        hits = []
+        for inc in self.open[tenant]:
+            if rng.random() < inc.sighting:
+                code = inc.problem.code
+                if day_full and code not in today:
+                    continue
+                seen = win_codes.get(code, 0) + 1
+                if seen <= 5 or inc.flare_up or seen <= share_cap:
+                    hits.append(inc)
         if len(hits) > 1:
             rng.shuffle(hits)
             hits = hits[:2] if rng.random() < SECOND_FINDING else hits[:1]
@@ -685,7 +850,8 @@ class _Simulation:
         row.fix = fix_id
         mine = self.by_tenant.get((tenant, problem.code, fix_id), (0, 0))
         everyone = self.by_fix.get((problem.code, fix_id), (0, 0))
-        row.score_key = (problem.priors[inc.fix], everyone[0], everyone[1], mine[0], mine[1])
+        key = (problem.priors[inc.fix], everyone[0], everyone[1], mine[0], mine[1])
+        row.score_key = self.score_keys.setdefault(key, key)
         return row
 
     def _choose_fix(self, tenant: int, problem: DemoProblem) -> int:

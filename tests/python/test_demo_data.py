@@ -13,6 +13,7 @@ from conftest import own_database
 
 from mcp_devdiag import ids
 from mcp_devdiag.catalog import load_catalog
+from mcp_devdiag.classifier import classify
 from mcp_devdiag.environment import canonical
 from mcp_devdiag.redaction import redact
 from mcp_devdiag.writer import RunRow
@@ -21,6 +22,8 @@ from orchestrator.config import ConnectionSettings
 from orchestrator.db import connect
 
 SCALES = (2_000, 20_000)
+WIDE = "wide"  # the scale benchmark's shape at a small run count: 50 tenants, 60 problem codes
+WIDE_RUNS, WIDE_TENANTS, WIDE_CODES = 30_000, 50, 60
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,9 @@ def now() -> datetime:
 @pytest.fixture(scope="module")
 def datasets(db, now: datetime) -> dict[int, list[RunRow]]:
     with connect(db) as conn:
-        return {runs: demo_data.generate(runs, conn=conn, now=now) for runs in SCALES}
+        sets: dict = {runs: demo_data.generate(runs, conn=conn, now=now) for runs in SCALES}
+        sets[WIDE] = demo_data.generate(WIDE_RUNS, conn=conn, now=now, tenants=WIDE_TENANTS, codes=WIDE_CODES)
+    return sets
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +77,15 @@ def test_same_seed_and_now_give_identical_rows(db, now: datetime) -> None:
         other = demo_data.generate(2_500, conn=conn, seed=12, now=now)
     assert first == second
     assert {r.id for r in first}.isdisjoint({r.id for r in other})
+    assert [r.problem_code for r in first] != [r.problem_code for r in other]
+
+
+def test_many_tenants_and_codes_are_deterministic_too(db, now: datetime) -> None:
+    with connect(db) as conn:
+        first = demo_data.generate(2_500, conn=conn, seed=11, now=now, tenants=50, codes=60)
+        second = demo_data.generate(2_500, conn=conn, seed=11, now=now, tenants=50, codes=60)
+        other = demo_data.generate(2_500, conn=conn, seed=12, now=now, tenants=50, codes=60)
+    assert first == second
     assert [r.problem_code for r in first] != [r.problem_code for r in other]
 
 
@@ -113,9 +127,10 @@ def test_runs_tenants_codes_and_span(datasets, now: datetime, scale: int) -> Non
     assert any(r.ts.date() == today for r in rows)
 
 
-def test_codes_fixes_environments_and_messages_are_real(datasets) -> None:
+@pytest.mark.parametrize("scale", [SCALES[1], WIDE])
+def test_codes_fixes_environments_and_messages_are_real(datasets, scale) -> None:
     catalog = load_catalog()
-    for row in datasets[SCALES[1]]:
+    for row in datasets[scale]:
         assert canonical(row.environment) == row.environment
         if row.problem_code is None:
             assert row.fix_suggestion is None and row.error_msg is None and row.confidence is None
@@ -125,6 +140,65 @@ def test_codes_fixes_environments_and_messages_are_real(datasets) -> None:
         assert row.error_msg is not None and len(row.error_msg) <= 300
         assert any(p.search(row.error_msg) for p in problem.patterns), (row.problem_code, row.error_msg)
         assert redact(row.error_msg) == row.error_msg  # already redacted
+
+
+def test_many_tenants_and_codes_shape(datasets, now: datetime) -> None:
+    """The scale benchmark's shape (50 tenants, 60 codes): every tenant and code appears, with skew."""
+    rows = datasets[WIDE]
+    runs = runs_of(rows)
+    assert len(runs) == WIDE_RUNS
+    per_tenant = Counter(v[0].tenant_id for v in runs.values())
+    assert set(per_tenant) == {t.name for t in demo_data.demo_tenants(WIDE_TENANTS)}
+    assert per_tenant.most_common(1)[0][0] == "acme"
+    assert per_tenant["acme"] > 8 * min(per_tenant.values())  # a few large teams, a long tail
+    assert 0.05 <= per_tenant["acme"] / WIDE_RUNS <= 0.15
+    codes = Counter(r.problem_code for r in findings(rows))
+    assert set(codes) == set(demo_data.demo_codes(WIDE_CODES))
+    shares = sorted(codes.values(), reverse=True)
+    assert shares[0] > 5 * statistics.median(shares)
+    clean = sum(v[0].problem_code is None for v in runs.values()) / WIDE_RUNS
+    assert 0.40 <= clean <= 0.60
+    assert any(r.ts >= now - timedelta(hours=1) for r in rows)
+    assert min(r.ts for r in rows) <= now - timedelta(days=184)
+
+
+def test_tenants_beyond_the_named_eight() -> None:
+    tenants = demo_data.demo_tenants(50)
+    assert tenants[:8] == demo_data.demo_tenants(8)  # the named ones do not change
+    assert [t.name for t in tenants[:8]] == list(demo_data.TENANT_NAMES)
+    assert [t.name for t in tenants[8:]] == [f"team-{i:02d}" for i in range(9, 51)]
+    tail = [t.weight for t in tenants[8:]]
+    assert tail == sorted(tail, reverse=True) and tail[0] > 4 * tail[-1]
+    assert all(-12 <= t.utc_offset_h <= 14 for t in tenants)
+    assert len({t.utc_offset_h for t in tenants}) >= 8
+    for bad in (0, demo_data.MAX_TENANTS + 1):
+        with pytest.raises(ValueError, match="tenants"):
+            demo_data.demo_tenants(bad)
+
+
+def test_codes_beyond_the_twenty_come_from_the_catalog() -> None:
+    catalog = load_catalog()
+    assert demo_data.demo_codes() == demo_data.DEMO_CODES
+    codes = demo_data.demo_codes(60)
+    assert codes[:20] == demo_data.DEMO_CODES and len(set(codes)) == 60
+    assert all(len(catalog.problem(code).fixes) >= 2 for code in codes)
+    assert [p.code for p in demo_data.demo_problems(codes=60)] == list(codes)
+    eligible = sum(len(p.fixes) >= 2 for p in catalog)
+    assert demo_data.demo_codes(eligible)
+    for bad in (0, eligible + 1):
+        with pytest.raises(ValueError, match="codes"):
+            demo_data.demo_codes(bad)
+
+
+def test_every_catalog_problem_has_a_realistic_message() -> None:
+    """Any --codes count gets real error texts: each is classified as its own problem."""
+    rng = random.Random(3)
+    for problem in load_catalog():
+        for _ in range(5):
+            text = demo_data.error_message(problem.code, rng)
+            assert text is not None, problem.code
+            assert len(text) <= 300 and redact(text) == text, problem.code
+            assert [f.code for f in classify(text)][:1] == [problem.code], text
 
 
 def test_true_success_rates_differ_from_priors() -> None:
@@ -141,7 +215,7 @@ def test_true_success_rates_differ_from_priors() -> None:
 # --- health checks and alerts ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("scale", [*SCALES, WIDE])
 def test_at_most_ten_problems_a_day(datasets, scale: int) -> None:
     per_day: dict[date, set[str]] = defaultdict(set)
     for row in findings(datasets[scale]):
@@ -149,7 +223,7 @@ def test_at_most_ten_problems_a_day(datasets, scale: int) -> None:
     assert max(len(codes) for codes in per_day.values()) <= 10
 
 
-@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("scale", [*SCALES, WIDE])
 def test_no_problem_dominates_a_week(datasets, scale: int) -> None:
     rows = datasets[scale]
     runs_per_day: Counter = Counter(v[0].ts.date() for v in runs_of(rows).values())
@@ -165,7 +239,7 @@ def test_no_problem_dominates_a_week(datasets, scale: int) -> None:
         assert worst <= 0.20 * total, (days[end], worst, total)
 
 
-@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("scale", [*SCALES, WIDE])
 def test_episodes_resolve_fast_and_recur(datasets, scale: int) -> None:
     """Episodes as v_ttr_days defines them: first sighting -> first fixed/manual recorded after it."""
     by_key: dict[tuple[str, str], list[RunRow]] = defaultdict(list)
@@ -200,7 +274,7 @@ def test_the_weeks_top_problem_is_still_seen_in_the_last_day(datasets, now: date
     assert {code for code, _ in week.most_common(3)} & recent
 
 
-@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("scale", [*SCALES, WIDE])
 def test_thirty_day_confidence_is_healthy(datasets, now: datetime, scale: int) -> None:
     recent = [r.confidence for r in datasets[scale] if r.fix_suggestion and r.ts >= now - timedelta(days=30)]
     assert 0.70 <= statistics.fmean(recent) <= 0.90
