@@ -25,6 +25,8 @@
             "problem variety per environment (alert 5, step 2); v_env_diversity"),
         "ix_diag_run_resolved_at": ("(resolved_at) where resolution is not null",
             "outcomes recorded since a point in time: episode ends and incremental rebuilds"),
+        "ix_diag_run_changed_at": ("using brin (changed_at)",
+            "not the runbook's: rows written or updated since the last build (incremental models); BRIN, as rows are appended in changed_at order"),
     }) }}
 {% endmacro %}
 
@@ -45,6 +47,7 @@
         resolution text,
         resolved_at timestamptz,
         error_msg text,
+        changed_at timestamptz not null default now(),
         constraint diag_run_problem_code_format check (problem_code ~ '^[A-Z][A-Z0-9_]*$'),
         constraint diag_run_confidence_range check (confidence between 0 and 1),
         constraint diag_run_resolution_values check (resolution in ('fixed', 'manual', 'failed')),
@@ -53,6 +56,22 @@
     );
     comment on table {{ schema }}.diag_run is
         'DevDiag raw runs: one row per finding of a diagnostic run (problem_code null for a clean run). Written by devdiag_writer.';
+
+    {#- When a row was last written: what incremental models read to find the work since the last
+        build. Not the runbook's; added to tables made before it (a stable default: no rewrite). -#}
+    alter table {{ schema }}.diag_run add column if not exists changed_at timestamptz not null default now();
+    comment on column {{ schema }}.diag_run.changed_at is
+        'When the row was inserted or last updated (default now(); the trigger diag_run_changed_at sets it on update).';
+    create or replace function {{ schema }}.touch_changed_at() returns trigger
+    language plpgsql as $touch$
+    begin
+        new.changed_at := now();
+        return new;
+    end
+    $touch$;
+    create or replace trigger diag_run_changed_at
+        before update on {{ schema }}.diag_run
+        for each row execute function {{ schema }}.touch_changed_at();
 
     {% for name, spec in raw_index_definitions().items() %}
     create index if not exists {{ name }} on {{ schema }}.diag_run {{ spec[0] }};

@@ -180,17 +180,27 @@ def setup() -> None:
 
 @main.command()
 @click.option("--select", "-s", "selector", default=None, help="dbt selector, e.g. 'v_ttr_days+'.")
+@click.option(
+    "--full-refresh",
+    is_flag=True,
+    help="Rebuild every incremental model from the whole raw table and run the tests that read every raw row "
+    "(nightly from cron; after deleting raw rows by hand).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one object per dbt node.")
 @database_errors
-def build(selector: str | None, as_json: bool) -> None:
+def build(selector: str | None, full_refresh: bool, as_json: bool) -> None:
     """Run `dbt build`: the models and their tests (`devdiag health` runs the health checks).
 
-    Exit 1 when any model or test errors or fails.
+    By default incremental: each model recomputes only what the raw rows written since its last
+    build touch. Exit 1 when any model or test errors or fails.
     """
     from orchestrator import dbt
 
-    args = ["build"] + (["--select", selector] if selector else [])
-    results = dbt.invoke(config.settings(), args)
+    args = ["build"]
+    if full_refresh:
+        args += ["--full-refresh"] + ([] if selector else ["--selector", "full_build"])
+    args += ["--select", selector] if selector else []
+    results = dbt.build(config.settings(), args)
     failed = [r for r in results if r.status in {"error", "fail"}]
     if as_json:
         emit_json([r.__dict__ for r in results])
@@ -272,7 +282,9 @@ def demo(runs: int, seed: int) -> None:
             f"demo data: {refreshed.report.inserted:,} rows of 185 days ending now{replaced} "
             f"({refreshed.report.seconds:.1f}s)"
         )
-    results = dbt.invoke(where, ["build"])
+    # Incremental models see writes, not deletes: replaced rows call for a full refresh.
+    full_refresh = ["--full-refresh", "--selector", "full_build"] if refreshed.removed else []
+    results = dbt.build(where, ["build", *full_refresh])
     broken = [r for r in results if r.status in {"error", "fail"}]
     status_line(f"dbt build: {len(results)} nodes, {len(broken)} failing")
     for r in broken:

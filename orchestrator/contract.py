@@ -11,6 +11,8 @@ PUBLIC_VIEWS = (
     "v_env_diversity",
     "v_recent_activity",
     "v_fix_ranking",
+    # not one of the runbook's six: the hourly aggregate the dashboard and the alerts read
+    "v_activity_hourly",
 )
 RAW_INDEXES = (
     "ix_diag_run_ts",
@@ -22,4 +24,6 @@ RAW_INDEXES = (
     "ix_diag_run_fix_ts",
     "ix_diag_run_env_ts",
     "ix_diag_run_resolved_at",
+    # not one of the runbook's nine: rows changed since the last build, for incremental models (BRIN)
+    "ix_diag_run_changed_at",
 )

@@ -57,7 +57,13 @@ def jobs(backup_dir: Path) -> tuple[Job, ...]:
         Job("backup", "0 2 * * 0", ("backup", "--dir", str(backup_dir)), "backup Sundays 02:00"),
         Job("retention", "0 3 * * 0", ("retention",), "retention Sundays 03:00"),
         Job("flush", "*/5 * * * *", ("flush",), "replay the MCP server's spool every 5 minutes"),
-        Job("build", "1-59/5 * * * *", ("build",), "dbt build every 5 minutes (after the flush)"),
+        Job("build", "1-59/5 * * * *", ("build",), "dbt build every 5 minutes (after the flush), incremental"),
+        Job(
+            "full-refresh",
+            "33 3 * * *",
+            ("build", "--full-refresh"),
+            "dbt build --full-refresh nightly 03:33 (after Sunday's retention): what incremental builds cannot see",
+        ),
         Job("alerts", "2-59/5 * * * *", ("alerts",), "the five alerts every 5 minutes (after the build), for the log"),
     )
 

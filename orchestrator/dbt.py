@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+import psycopg
 
 from orchestrator.config import ConnectionSettings, devdiag_home, project_dir
 from orchestrator.db import connect
@@ -102,6 +103,25 @@ def invoke(
     if not results and args[0] in {"build", "run", "test", "source"}:
         raise click.ClickException(f"dbt {' '.join(args)} selected nothing: check the selector")
     return [_node_result(r) for r in results]
+
+
+BUILD_LOCK_WAIT = "15min"
+
+
+def build(conn: ConnectionSettings, args: list[str], **kwargs) -> list[NodeResult]:
+    """`invoke` for `dbt build`, one at a time per database: a PostgreSQL advisory lock, so that a
+    5-minute build and the nightly full refresh, from cron on any machine, never run together (two
+    builds would replace the same tables under each other)."""
+    with connect(conn) as holder:
+        holder.execute(f"set lock_timeout = '{BUILD_LOCK_WAIT}'")
+        try:
+            holder.execute("select pg_advisory_lock(hashtext('devdiag dbt build'))")
+        except psycopg.errors.LockNotAvailable:
+            raise click.ClickException(
+                f"another devdiag build has held the build lock for {BUILD_LOCK_WAIT}: "
+                "check `ps aux | grep devdiag` and the build log, then run again"
+            ) from None
+        return invoke(conn, args, **kwargs)  # the lock ends with the holder's session
 
 
 def run_operation(conn: ConnectionSettings, macro: str) -> None:

@@ -1,4 +1,4 @@
-{#- Environment diversity per problem: the rows of v_env_diversity. -#}
+{#- Environment diversity per problem: the rows of v_env_diversity, from int_problem_environments. -#}
 {{
     config(
         materialized='table',
@@ -9,27 +9,14 @@
     )
 }}
 
-with findings as (
-
-    select
-        ts,
-        environment,
-        problem_code
-    from {{ ref('stg_devdiag__diag_run') }}
-    where problem_code is not null
-
-),
-
-problem_environments as (
+with problem_environments as (
 
     select
         problem_code,
         environment,
-        min(ts) as first_seen,
-        max(ts) as last_seen,
-        count(*) as findings
-    from findings
-    group by 1, 2
+        first_seen,
+        last_seen
+    from {{ ref('int_problem_environments') }}
 
 ),
 
@@ -39,8 +26,7 @@ env_diversity as (
         problem_code,
         count(*) as environment_combos,
         min(first_seen) as first_seen,
-        max(last_seen) as last_seen,
-        sum(findings)::bigint as findings
+        max(last_seen) as last_seen
     from problem_environments
     group by 1
 

@@ -15,6 +15,7 @@
 -- depends_on: {{ ref('v_env_diversity') }}
 -- depends_on: {{ ref('v_recent_activity') }}
 -- depends_on: {{ ref('v_fix_ranking') }}
+-- depends_on: {{ ref('v_activity_hourly') }}
 
 {%- set public_views = [
     'v_problem_counts',
@@ -23,6 +24,7 @@
     'v_env_diversity',
     'v_recent_activity',
     'v_fix_ranking',
+    'v_activity_hourly',
 ] -%}
 {%- set raw_indexes = raw_index_definitions().keys() | list -%}
 {%- set check_ctes = [

@@ -1,7 +1,7 @@
 """The DevDiag Analytics dashboard, written as Python so that its SQL reads as SQL.
 
 ``devdiag grafana generate`` writes ``grafana/dashboards/devdiag-analytics.json`` from ``build()``;
-a test keeps the committed file equal to it. Every panel reads the six public views only, filters
+a test keeps the committed file equal to it. Every panel reads the public views only, filters
 by the tenant (and, where the view has it, environment) variables, and honours the dashboard time
 range through Grafana's macros, except the Health panel, which reports the state now.
 
@@ -60,23 +60,22 @@ def _override(name: str, **properties: Any) -> dict[str, Any]:
 HEALTH_SQL = """
 select
     coalesce(
-        (select extract(epoch from now() - max(ts)) / 3600 from devdiag.v_recent_activity),
+        (select extract(epoch from now() - max(last_ts)) / 3600 from devdiag.v_activity_hourly),
         168
     )::float8 as "hours since last run",
     (
-        select count(distinct run_id)
-        from devdiag.v_recent_activity
-        where ts >= date_trunc('day', now(), 'utc')
-    ) as "runs today",
+        select coalesce(sum(runs), 0)
+        from devdiag.v_activity_hourly
+        where hour >= date_trunc('day', now(), 'utc')
+    )::bigint as "runs today",
     (
         select count(distinct problem_code)
-        from devdiag.v_recent_activity
-        where ts >= date_trunc('day', now(), 'utc')
+        from devdiag.v_activity_hourly
+        where hour >= date_trunc('day', now(), 'utc')
     ) as "problems today",
     (
-        select avg(confidence)
-        from devdiag.v_recent_activity
-        where fix_suggestion is not null
+        select sum(confidence_sum) / nullif(sum(confidence_count), 0)
+        from devdiag.v_activity_hourly
     )::float8 as "fix confidence (7 d)",
     (
         select percentile_cont(0.5) within group (order by extract(epoch from ttr_days)) / 86400
@@ -87,12 +86,12 @@ select
 
 RUNS_SQL = f"""
 select
-    $__timeGroupAlias(ts, $__interval),
-    count(distinct run_id) as runs,
-    count(problem_code) as findings
-from devdiag.v_recent_activity
+    $__timeGroupAlias(hour, $__interval),
+    sum(runs) as runs,
+    sum(findings) as findings
+from devdiag.v_activity_hourly
 where
-    $__timeFilter(ts)
+    $__timeFilter(hour)
     and {tenant_filter()}
     and {environment_filter()}
 group by 1
@@ -262,13 +261,13 @@ limit 100
 TENANT_VARIABLE_SQL = """
 select tenant_id from devdiag.v_problem_counts
 union
-select tenant_id from devdiag.v_recent_activity
+select tenant_id from devdiag.v_activity_hourly
 order by 1
 """
 
 ENVIRONMENT_VARIABLE_SQL = f"""
 select distinct environment
-from devdiag.v_recent_activity
+from devdiag.v_activity_hourly
 where {tenant_filter()}
 order by 1
 """
@@ -292,7 +291,7 @@ PANELS: tuple[Panel, ...] = (
         description=(
             "The runbook's red flags, now, over all tenants: stale data (> 2 h warn, > 6 h critical), no runs "
             "today, more than 10 problems today, fix confidence below 0.70, median time to resolution above "
-            "2 days. Reads v_recent_activity (last 7 days) and v_ttr_days."
+            "2 days. Reads v_activity_hourly (the last 7 days, by hour) and v_ttr_days."
         ),
         defaults={"decimals": 1, "thresholds": _thresholds((None, "green"))},
         overrides=[
@@ -315,8 +314,8 @@ PANELS: tuple[Panel, ...] = (
         min_interval="1h",
         unit="short",
         description=(
-            "Diagnostic runs (clean ones included) and findings per interval, from v_recent_activity: the last "
-            "7 days at most. Filtered by tenant and environment."
+            "Diagnostic runs (clean ones included) and findings per interval of at least an hour, from "
+            "v_activity_hourly: the last 7 days at most. Filtered by tenant and environment."
         ),
     ),
     Panel(
@@ -504,7 +503,7 @@ def build() -> dict[str, Any]:
         "title": DASHBOARD_TITLE,
         "description": (
             "DevDiag: problems developers hit, fixes that work, time to resolution. "
-            "Reads the six public views as role grafana."
+            "Reads the public views as role grafana."
         ),
         "tags": ["devdiag"],
         "timezone": "utc",
@@ -529,7 +528,8 @@ def build() -> dict[str, Any]:
                     "environment",
                     "Environment",
                     ENVIRONMENT_VARIABLE_SQL,
-                    "Environment combinations of the last 7 days; filters the panels built on v_recent_activity.",
+                    "Environment combinations of the last 7 days; filters the panels built on v_activity_hourly and "
+                    "v_recent_activity.",
                 ),
             ]
         },

@@ -85,13 +85,14 @@ def test_prints_the_runbook_schedule(env, tmp_path):
     lines = result.output.splitlines()
     assert lines[0] == BEGIN and lines[-1] == END
     jobs = job_lines(result.output)
-    schedules = {re.search(r"devdiag (\w+)", j).group(1): " ".join(j.split()[:5]) for j in jobs}
+    schedules = {re.search(r"logs/([\w-]+)\.log", j).group(1): " ".join(j.split()[:5]) for j in jobs}
     assert schedules == {
         "health": "*/15 * * * *",  # proceeds at 08:00 UTC only (the guard, tested below)
         "backup": "0 2 * * 0",
         "retention": "0 3 * * 0",
         "flush": "*/5 * * * *",
         "build": "1-59/5 * * * *",
+        "full-refresh": "33 3 * * *",
         "alerts": "2-59/5 * * * *",
     }
     executable = cron_module.devdiag_executable()
@@ -101,7 +102,9 @@ def test_prints_the_runbook_schedule(env, tmp_path):
         assert f" {executable} " in job
         assert f"DEVDIAG_HOME={home} " in job and "DEVDIAG_PG_HOST=db.internal:5433 " in job
         name = re.search(r"devdiag (\w+)", job).group(1)
-        assert job.endswith(f">> {home}/logs/{name}.log 2>&1")
+        log = re.search(r"logs/([\w-]+)\.log", job).group(1)
+        assert job.endswith(f">> {home}/logs/{log}.log 2>&1")
+        assert log == name or ((log, name) == ("full-refresh", "build") and "build --full-refresh;" in job)
     assert f"backup --dir {home}/backups;" in next(j for j in jobs if "backup" in j)
 
 
@@ -190,7 +193,8 @@ def test_carries_a_dsn_without_password_and_pgpassfile_but_no_role_password(env,
 def test_install_is_idempotent_and_uninstall_restores_the_table(env):
     Path(env["FAKE_CRONTAB_FILE"]).write_text("\n".join(USER_LINES) + "\n")
     first = devdiag_cron(env, "--install")
-    assert first.exit_code == 0 and "installed 6 devdiag jobs" in first.output, first.output
+    jobs = len(cron_module.jobs(Path("backups")))
+    assert first.exit_code == 0 and f"installed {jobs} devdiag jobs" in first.output, first.output
     installed = table(env)
     assert installed.startswith("\n".join(USER_LINES) + "\n\n" + BEGIN)
     assert installed.endswith(END + "\n") and installed.count(BEGIN) == 1

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from orchestrator import embedded
 from orchestrator.cli import main
+from orchestrator.contract import RAW_INDEXES
 from orchestrator.secrets import role_password, scram_verifier, secrets_file
 
 ROLES = ("devdiag_writer", "grafana")
@@ -64,7 +65,7 @@ def test_setup_is_idempotent_and_prints_no_secret(pg):
         verifiers = conn.execute(
             "select rolname, rolpassword from pg_authid where rolname in ('devdiag_writer', 'grafana')"
         ).fetchall()
-    assert indexes == 9
+    assert indexes == len(RAW_INDEXES)
     assert {r for r, _ in verifiers} == set(ROLES)
     assert all(v.startswith("SCRAM-SHA-256$4096:") for _, v in verifiers)
 

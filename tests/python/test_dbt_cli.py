@@ -13,6 +13,7 @@ import pytest
 from conftest import own_database
 
 from orchestrator import embedded
+from orchestrator.contract import PUBLIC_VIEWS
 
 ROOT = Path(__file__).resolve().parents[2]
 FRESH_DB = "devdiag_cli_fresh"
@@ -51,4 +52,4 @@ def test_plain_dbt_build_on_a_fresh_database(fresh_database, tmp_path):
         views = conn.execute(
             "select count(*) from pg_views where schemaname = 'devdiag' and viewname like 'v\\_%'"
         ).fetchone()[0]
-    assert views == 6
+    assert views == len(PUBLIC_VIEWS)

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator import drill as drill_module
+from orchestrator.contract import PUBLIC_VIEWS, RAW_INDEXES
 from orchestrator.drill import drill, scratch_name
 
 
@@ -63,7 +64,7 @@ def test_drill_json_meets_the_targets_while_a_writer_writes(demo_db, writer):
     assert report["rows_lost"] == 0 and report["passed"] is True, report["problems"]
     assert 0 < report["time_to_restore_s"] < 30 * 60
     assert report["scratch_database"] == "devdiag_drill" != report["source_database"]
-    assert report["views_present"] == 6 and report["indexes_present"] == 9
+    assert report["views_present"] == len(PUBLIC_VIEWS) and report["indexes_present"] == len(RAW_INDEXES)
     # the snapshot count is what the live table held at that instant: between before and now
     source_rows = report["rows_source"]["devdiag.diag_run"]
     assert before <= source_rows <= raw_count(demo_db)

@@ -22,14 +22,16 @@ from psycopg import sql
 
 from orchestrator import dbt
 from orchestrator.config import ConnectionSettings, project_dir
+from orchestrator.contract import PUBLIC_VIEWS, RAW_INDEXES
 from orchestrator.health import CHECKS, HealthCheck, run_health
 
 DATABASE = "devdiag_test_health"
 CHECK_NAMES = [name for name, _, _ in CHECKS]
-INSERT = (
-    "insert into devdiag.diag_run (id, run_id, ts, tenant_id, environment, problem_code, fix_suggestion, "
-    "confidence, resolution, resolved_at, error_msg) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+COLUMNS = (
+    "id, run_id, ts, tenant_id, environment, problem_code, fix_suggestion, confidence, "
+    "resolution, resolved_at, error_msg"
 )
+INSERT = f"insert into devdiag.diag_run ({COLUMNS}) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 Run = tuple  # one diag_run row, in INSERT's column order
 
 
@@ -141,7 +143,7 @@ def test_all_checks_pass_on_a_healthy_history(health_db: ConnectionSettings) -> 
     assert checks["new_rows_today"].value >= 1
     assert checks["data_freshness"].value < 0.1  # hours
     assert 0.72 <= checks["fix_confidence_30d"].value <= 0.95
-    assert (checks["views_present"].value, checks["indexes_present"].value) == (6, 9)
+    assert (checks["views_present"].value, checks["indexes_present"].value) == (len(PUBLIC_VIEWS), len(RAW_INDEXES))
     # the retired tenant's 300-day-old first occurrence is kept forever, so it does not count
     assert 180 < checks["retention_days"].value < 185
     assert checks["problem_diversity_today"].value <= 10
@@ -178,7 +180,8 @@ class Scenario:
 
 def _delete_today(conn, settings, saved):
     midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    saved["rows"] = conn.execute("delete from devdiag.diag_run where ts >= %s returning *", (midnight,)).fetchall()
+    deleted = conn.execute(f"delete from devdiag.diag_run where ts >= %s returning {COLUMNS}", (midnight,))
+    saved["rows"] = deleted.fetchall()
     assert conn.execute("select count(*) from devdiag.diag_run").fetchone()[0] > 0
 
 
@@ -222,7 +225,7 @@ def _rebuild_view(conn, settings, saved):
 
 
 def _expect_view_missing(conn, checks, saved):
-    assert checks["views_present"].value == 5 and checks["views_present"].severity == "error"
+    assert checks["views_present"].value == len(PUBLIC_VIEWS) - 1 and checks["views_present"].severity == "error"
     assert "v_env_diversity" in checks["views_present"].message
     return {"views_present": "fail"}
 
@@ -236,7 +239,7 @@ def _recreate_indexes(conn, settings, saved):
 
 
 def _expect_index_missing(conn, checks, saved):
-    assert checks["indexes_present"].value == 8 and checks["indexes_present"].severity == "error"
+    assert checks["indexes_present"].value == len(RAW_INDEXES) - 1 and checks["indexes_present"].severity == "error"
     assert "ix_diag_run_env_ts" in checks["indexes_present"].message
     return {"indexes_present": "fail"}
 

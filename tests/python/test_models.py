@@ -73,6 +73,19 @@ PUBLIC_VIEWS: dict[str, list[tuple[str, str]]] = {
         ("confidence", "double precision"),
         ("built_at", "timestamp with time zone"),
     ],
+    # not the runbook's: the hourly aggregate the dashboard and the alerts read
+    "v_activity_hourly": [
+        ("hour", "timestamp with time zone"),
+        ("tenant_id", "text"),
+        ("environment", "text"),
+        ("problem_code", "text"),
+        ("runs", "bigint"),
+        ("findings", "bigint"),
+        ("suggestions", "bigint"),
+        ("confidence_sum", "double precision"),
+        ("confidence_count", "bigint"),
+        ("last_ts", "timestamp with time zone"),
+    ],
 }
 # Table models and the column each is indexed on for the runbook's filters.
 AGGREGATE_INDEXES = {
@@ -81,6 +94,7 @@ AGGREGATE_INDEXES = {
     "int_fix_success": "last_success",
     "int_env_diversity": "first_seen",
     "int_fix_ranking": "tenant_id",
+    "int_activity_hourly": "hour",
 }
 TEST_CATALOG = [
     ("ZZ_NODE_OOM", "zz-raise-heap", "Raise the heap", 0.6, 1),

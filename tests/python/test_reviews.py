@@ -21,6 +21,7 @@ from psycopg import sql
 
 from orchestrator import reviews
 from orchestrator.config import ConnectionSettings
+from orchestrator.contract import RAW_INDEXES
 
 
 def invoke(command, *args: str, env: dict[str, str] | None = None):
@@ -179,7 +180,7 @@ def test_perf_json_sizes_and_index_usage(demo_db):
     assert raw["total_bytes"] >= raw["table_bytes"] + raw["indexes_bytes"] > 0
     assert raw["rows_estimate"] == pytest.approx(scalar(demo_db, "select count(*) from devdiag.diag_run"), rel=0.05)
     indexes = {i["indexname"]: i for i in report["indexes"]}
-    assert sum(name.startswith("ix_diag_run_") for name in indexes) == 9
+    assert sum(name.startswith("ix_diag_run_") for name in indexes) == len(RAW_INDEXES)
     for index in report["indexes"]:
         assert index["unused"] == (index["idx_scan"] == 0)
         assert bool(index["note"]) == index["unused"]
