@@ -8,7 +8,7 @@ command created is dropped again). A database that holds rows is refused unless 
 replaces the backup's schemas inside that same transaction: until the commit, readers see the old data.
 
 Verification afterwards: every table's row count equals the backup's, every table, view, index and
-function in the backup exists, the six public views and nine raw indexes of the contract are present,
+function in the backup exists, the public views and raw indexes of the contract are present,
 and the health checks run.
 """
 
@@ -307,9 +307,9 @@ def _verify(target: ConnectionSettings, contents: DumpContents, report: RestoreR
                 report.missing.append(name)
         report.views_present, report.indexes_present = _contract(conn)
     if report.views_present < len(PUBLIC_VIEWS):
-        report.missing.append(f"{len(PUBLIC_VIEWS) - report.views_present} of the six public views")
+        report.missing.append(f"{len(PUBLIC_VIEWS) - report.views_present} of the {len(PUBLIC_VIEWS)} public views")
     if report.indexes_present < len(RAW_INDEXES):
-        report.missing.append(f"{len(RAW_INDEXES) - report.indexes_present} of the nine raw indexes")
+        report.missing.append(f"{len(RAW_INDEXES) - report.indexes_present} of the {len(RAW_INDEXES)} raw indexes")
     if health:
         report.health, warning = _health(target)
         report.warnings += [warning] if warning else []

@@ -22,7 +22,7 @@ ALERT_FOLDER_TITLE = "devdiag-alerts"  # the runbook looks for the five rules in
 ALERT_GROUP = "devdiag"
 ALERT_GROUP_INTERVAL = "1m"
 
-# The six public views are the only relations that role `grafana` may read.
+# The public views are the only relations that role `grafana` may read.
 from orchestrator.contract import PUBLIC_VIEWS  # noqa: E402, F401  (re-exported for the grafana modules)
 
 

@@ -1,4 +1,4 @@
-"""The dbt models: a full build, the six public views' contract, Grafana's privileges, and the
+"""The dbt models: a full build, the public views' contract, Grafana's privileges, and the
 views' values on a small hand-made history (episodes, fix success, ranking and fallback).
 
 The module works in a database of its own (created beside the session's `devdiag`, dropped at the
