@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
+import struct
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +17,7 @@ from click.testing import CliRunner
 
 from mcp_devdiag.ids import uuid7
 from mcp_devdiag.writer import COLUMNS, RunRow
-from orchestrator.ingest import fast_values, load
+from orchestrator.ingest import canonical_row, fast_values, load, parse_line_to_row
 
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -99,6 +101,180 @@ def test_fast_lane_never_accepts_what_the_writer_refuses(data):
 def test_fast_lane_takes_ordinary_rows():
     assert fast_values(good(1, tenant="lane")) is not None
     assert fast_values(good(1, tenant="lane", resolved=True)) is not None
+
+
+# --- the canonical lane (regex over the raw line) accepts only what the writer accepts ----------
+
+PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def decode_wire(row: bytes) -> dict[str, Any]:
+    """A binary COPY row back to Python values, by column type."""
+    (count,), pos, values = struct.unpack_from(">h", row), 2, []
+    for _ in range(count):
+        (length,) = struct.unpack_from(">i", row, pos)
+        pos += 4
+        values.append(None if length < 0 else row[pos : pos + length])
+        pos += max(length, 0)
+    assert pos == len(row) and count == len(COLUMNS)
+    out = dict(zip(COLUMNS, values, strict=True))
+    for name, value in out.items():
+        if value is None:
+            continue
+        if name in ("id", "run_id"):
+            out[name] = uuid.UUID(bytes=value)
+        elif name in ("ts", "resolved_at"):
+            out[name] = PG_EPOCH + timedelta(microseconds=struct.unpack(">q", value)[0])
+        elif name == "confidence":
+            out[name] = struct.unpack(">d", value)[0]
+        else:
+            out[name] = value.decode()
+    return out
+
+
+def expected(data: Any) -> dict[str, Any]:
+    row = RunRow.from_json(data)
+    return {c: getattr(row, c) for c in COLUMNS}
+
+
+def _canonical_variants() -> list[dict[str, Any]]:
+    """What the regex must get right beyond the writer's rules: JSON spelling."""
+    base = good(0, tenant="lane")
+    changes: list[dict[str, Any]] = [
+        {"error_msg": 'quote " backslash \\ tab \t newline \n slash /'},
+        {"error_msg": "caf\u00e9 \u2603 \U0001f600"},  # escaped as \\uXXXX (a pair for the emoji) or raw
+        {"error_msg": "a lone surrogate \ud800"},
+        {"error_msg": "\u00e9" * 4100},  # capped at 4000 characters, not bytes
+        {"error_msg": "\\" * 4100},
+        {"error_msg": "a" * 3999 + "\u00e9"},
+        {"error_msg": "a" * 5000},
+        {"error_msg": ""},
+        {"error_msg": "\x00"},
+        {"error_msg": "\x7f\x1f"},
+        {"tenant_id": 'has "quotes"'},
+        {"tenant_id": "back\\slash"},
+        {"tenant_id": "caf\u00e9"},
+        {"tenant_id": "t" * 200},
+        {"tenant_id": "t" * 199 + "\u00e9"},
+        {"tenant_id": "a b"},
+        {"tenant_id": "a\u00a0"},  # a no-break space at the end: the writer refuses it
+        {"tenant_id": "\tx"},
+        {"environment": "x"},
+        {"fix_suggestion": "f" * 200},
+        {"confidence": 0},
+        {"confidence": 0.0},
+        {"confidence": 1.0},
+        {"confidence": 0.12345678901234568},
+        {"confidence": 1e-05},
+        {"confidence": -0.0},
+        {"confidence": 1.0000000000000002},
+        {"ts": "2025-03-01 09:00:00.5+05:30"},
+        {"ts": "2025-03-01T09:00:00.123456-11:00"},
+        {"ts": "2025-03-01T09:00:00.1234567+00:00"},
+        {"ts": "2025-03-01T09:00:00+24:00"},
+        {"ts": "2025-03-01T09:00:00+00:00 "},
+        {"ts": "0001-01-01T00:00:00+00:00"},
+        {"resolution": "manual", "resolved_at": "2025-03-01T10:00:00Z"},
+        {"resolution": "fixed", "resolved_at": "2025-03-01T10:00:00Z"},
+        {"resolution": "failed", "resolved_at": "2025-02-29T10:00:00Z"},
+        {"problem_code": "A"},
+        {"problem_code": "1A"},
+    ]
+    clean = {**base, "problem_code": None, "fix_suggestion": None, "confidence": None, "error_msg": None}
+    out = [base, clean, {**clean, "confidence": 0.5}, {**clean, "resolved_at": base["ts"]}]
+    out += [{**clean, "resolution": "manual", "resolved_at": base["ts"]}, {**base, "confidence": None}]
+    out += [{**base, **change} for change in changes]
+    return out + _variants()
+
+
+def _spellings(data: Any) -> list[bytes]:
+    """The line as RunRow.to_json() + json.dumps, the spool (compact) and ensure_ascii=False write it."""
+    return [
+        json.dumps(data).encode() + b"\n",
+        json.dumps(data, ensure_ascii=True, separators=(",", ":")).encode() + b"\n",
+        json.dumps(data, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\r\n",
+    ]
+
+
+@pytest.mark.parametrize("data", _canonical_variants())
+def test_canonical_lane_never_accepts_what_the_writer_refuses(data):
+    for raw in _spellings(data):
+        try:
+            raw.decode()
+        except UnicodeDecodeError:
+            continue  # a lone surrogate written raw: not UTF-8, reported before any lane
+        taken = canonical_row(raw, raw.isascii())
+        if taken is None:
+            continue  # the next lane decides
+        row_id, wire = taken
+        assert expected(data) == decode_wire(wire)  # raises if the lane took a row the writer refuses
+        assert row_id == uuid.UUID(data["id"]).bytes
+
+
+def test_canonical_lane_takes_what_spools_and_exports_write():
+    base = good(1, tenant="lane")
+    rows = [base, good(1, tenant="lane", resolved=True), {**base, "problem_code": None, "fix_suggestion": None}]
+    rows[2] |= {"confidence": None, "error_msg": None}
+    rows += [{**base, "error_msg": text} for text in ('a "quoted" \\ path\n', "caf\u00e9 \U0001f600", "\u00e9" * 4100)]
+    rows += [{**base, "confidence": 0}, {**base, "confidence": 1}, {**base, "ts": "2025-03-01 09:00:00.5+05:30"}]
+    for data in rows:
+        for raw in _spellings(data):
+            taken = canonical_row(raw, raw.isascii())
+            assert taken is not None, raw
+            assert decode_wire(taken[1]) == expected(data)
+
+
+def test_canonical_lane_agrees_with_the_writer_on_every_field_combination():
+    """Plain values, every combination of the optional fields: taken exactly when the writer accepts."""
+    base = good(0, tenant="lane")
+    taken = 0
+    for code, fix, confidence, resolution, resolved_at, error_msg in itertools.product(
+        (None, "PORT_IN_USE"),
+        (None, "port-kill"),
+        (None, 0.5),
+        (None, "fixed", "manual", "failed", "worked"),
+        (None, base["ts"]),
+        (None, "boom"),
+    ):
+        data = base | {
+            "problem_code": code,
+            "fix_suggestion": fix,
+            "confidence": confidence,
+            "resolution": resolution,
+            "resolved_at": resolved_at,
+            "error_msg": error_msg,
+        }
+        try:
+            wanted = expected(data)
+        except ValueError:
+            wanted = None
+        for raw in _spellings(data):
+            row = canonical_row(raw, raw.isascii())
+            assert (row and decode_wire(row[1])) == wanted, raw
+        taken += wanted is not None
+    assert taken == 24  # 12 valid shapes (clean; a finding with or without fix, outcome) x error text or not
+
+
+@pytest.mark.parametrize("data", _canonical_variants())
+def test_every_lane_writes_the_same_bytes(data):
+    """Canonical line, keys in another order (dict lane), upper-case ids (writer lane): one row."""
+    if not isinstance(data, dict) or not isinstance(data.get("id"), str) or fast_values(data) is None:
+        return
+    canonical = parse_line_to_row(json.dumps(data).encode())
+    reordered = parse_line_to_row(json.dumps(dict(reversed(data.items()))).encode())
+    upper = parse_line_to_row(json.dumps({**data, "id": data["id"].upper()}).encode())
+    assert canonical == reordered == upper
+    if isinstance(canonical, tuple):
+        assert decode_wire(canonical[1]) == expected(data)
+    else:
+        assert "not valid Unicode" in canonical  # a lone surrogate: refused alike by every lane
+
+
+def test_a_lone_surrogate_is_a_bad_line_not_a_crash():
+    line = json.dumps({**good(0, tenant="lane"), "error_msg": "\ud800"}).encode()
+    assert "not valid Unicode" in parse_line_to_row(line)
+    assert parse_line_to_row(b"  \n") is None
+    assert parse_line_to_row(b"\xff\n") == "not UTF-8 (byte 1)"
 
 
 # --- loading files --------------------------------------------------------------------------------
@@ -192,3 +368,113 @@ def test_missing_file_is_a_one_line_error(pg, tmp_path):
     result = invoke(str(tmp_path / "nope.jsonl"))
     assert result.exit_code == 1
     assert result.output.strip().count("\n") == 0 and "no such file" in result.output
+
+
+def test_values_round_trip_through_the_database(pg, tmp_path):
+    """What each lane sends is what the writer means: read back from diag_run, field by field."""
+    tenant = f"trip-{uuid.uuid4().hex[:8]}"
+    rows = [{**data, "tenant_id": tenant} for data in _canonical_variants()[:40] if isinstance(data, dict)]
+    rows = [{**data, "id": str(uuid7(T0 + timedelta(seconds=i)))} for i, data in enumerate(rows)]
+    wanted = {}
+    lines = []
+    for i, data in enumerate(rows):
+        try:
+            wanted[data["id"]] = expected(data)
+        except ValueError:
+            continue
+        if "\x00" in (data.get("error_msg") or "") or "\ud800" in (data.get("error_msg") or ""):
+            del wanted[data["id"]]  # valid for the writer, refused by the database: a bad line
+        spelling = (
+            json.dumps(data),  # canonical
+            json.dumps(data, separators=(",", ":"), ensure_ascii=False),  # canonical, spool-style
+            json.dumps(dict(reversed(data.items()))),  # dict lane
+            json.dumps({**data, "id": data["id"].upper()}),  # writer lane
+        )[i % 4]
+        lines.append(spelling)
+    report = json.loads(invoke(str(write_jsonl(tmp_path / "trip.jsonl", lines)), "--json").output)
+    assert report["inserted"] == len(wanted) and len(report["bad_lines"]) == 2
+    with psycopg.connect(pg.conninfo()) as conn:
+        cur = conn.execute(f"select {', '.join(COLUMNS)} from devdiag.diag_run where tenant_id = %s", (tenant,))
+        stored = {str(r[0]): dict(zip(COLUMNS, r, strict=True)) for r in cur}
+    assert stored == wanted
+
+
+def test_a_refused_line_costs_only_itself(pg, tmp_path):
+    """The database refuses two lines of a 2,000-line batch: both reported, every other line loaded,
+    with far fewer than one transaction a line (the batch is halved, not replayed line by line)."""
+    tenant = f"refused-{uuid.uuid4().hex[:8]}"
+    rows = [good(i, tenant=tenant) for i in range(2000)]
+    rows[700]["error_msg"] = "nul \x00 byte"
+    rows[1500]["problem_code"] = (
+        "PORT_IN_USE\n"  # the writer's check lets a final newline through; the table's does not
+    )
+    lines = [json.dumps(r) for r in rows]
+    with psycopg.connect(pg.conninfo(), autocommit=True) as conn:
+        before = conn.execute("select xact_commit from pg_stat_database where datname = current_database()")
+        before = before.fetchone()[0]
+    report = json.loads(invoke(str(write_jsonl(tmp_path / "r.jsonl", lines)), "--json", "--batch-size", "2000").output)
+    assert [b["line"] for b in report["bad_lines"]] == [701, 1501]
+    assert all(b["error"].startswith("refused by the database: ") for b in report["bad_lines"])
+    assert (report["rows"], report["inserted"]) == (1998, 1998)
+    assert count(pg, tenant) == 1998
+    with psycopg.connect(pg.conninfo(), autocommit=True) as conn:
+        conn.execute("select pg_stat_force_next_flush()")
+        after = conn.execute("select xact_commit from pg_stat_database where datname = current_database()")
+        assert after.fetchone()[0] - before < 200
+
+
+def test_strict_rolls_back_a_batch_the_database_refused(pg, tmp_path):
+    tenant = f"strict-db-{uuid.uuid4().hex[:8]}"
+    rows = [good(i, tenant=tenant) for i in range(30)]
+    rows[12]["error_msg"] = "nul \x00 byte"
+    result = invoke(str(write_jsonl(tmp_path / "s.jsonl", [json.dumps(r) for r in rows])), "--strict")
+    assert result.exit_code == 1 and "line 13: refused by the database" in result.output
+    assert count(pg, tenant) == 0
+
+
+def test_lone_surrogate_and_outcome_only_files(pg, tmp_path):
+    tenant = f"sur-{uuid.uuid4().hex[:8]}"
+    first, second = good(0, tenant=tenant), good(1, tenant=tenant)
+    lines = [json.dumps(first), json.dumps({**second, "error_msg": "\ud800"})]
+    report = json.loads(invoke(str(write_jsonl(tmp_path / "s.jsonl", lines)), "--json").output)
+    assert report["inserted"] == 1 and [b["line"] for b in report["bad_lines"]] == [2]
+    outcome = {"outcome": {"finding_id": first["id"], "resolution": "manual", "at": T0.isoformat()}}
+    report = json.loads(invoke(str(write_jsonl(tmp_path / "o.jsonl", [json.dumps(outcome)])), "--json").output)
+    assert (report["rows"], report["outcomes"], report["outcomes_applied"]) == (0, 1, 1)
+
+
+def test_two_writers_with_ids_repeated_across_batches(pg, tmp_path):
+    """Batches written side by side by two connections, the same ids in both orders: each row once."""
+    tenant = f"dup-{uuid.uuid4().hex[:8]}"
+    rows = [json.dumps(good(i, tenant=tenant)) for i in range(400)]
+    lines = [line for k in range(0, 400, 50) for line in rows[k : k + 50] + rows[k : k + 50][::-1]]
+    lines += rows[:50]  # side by side: a batch and the same ids reversed (they may deadlock: retried)
+    report = json.loads(invoke(str(write_jsonl(tmp_path / "d.jsonl", lines)), "--json", "--batch-size", "50").output)
+    assert (report["rows"], report["inserted"], report["already_present"]) == (850, 400, 450)
+    assert report["bad_lines"] == []
+    assert count(pg, tenant) == 400
+
+
+def test_load_file_without_a_second_connection(pg, tmp_path):
+    """The library entry point: one connection unless the caller gives a way to open more."""
+    from orchestrator.ingest import load_file
+
+    tenant = f"lib-{uuid.uuid4().hex[:8]}"
+    path = write_jsonl(tmp_path / "l.jsonl", [json.dumps(good(i, tenant=tenant)) for i in range(25)])
+    with psycopg.connect(pg.conninfo(), autocommit=True) as conn:
+        result = load_file(conn, str(path), batch_size=10)
+        again = load_file(conn, str(path), batch_size=10, connect_more=lambda: psycopg.connect(pg.conninfo()))
+    assert (result.inserted, again.inserted, again.already_present) == (25, 0, 25)
+
+
+def test_no_second_connection_still_loads(pg, tmp_path):
+    from orchestrator.db import DatabaseUnavailable
+    from orchestrator.ingest import load_file
+
+    def refuse() -> psycopg.Connection:
+        raise DatabaseUnavailable("too many connections")
+
+    tenant = f"one-{uuid.uuid4().hex[:8]}"
+    path = write_jsonl(tmp_path / "one.jsonl", [json.dumps(good(i, tenant=tenant)) for i in range(12)])
+    with psycopg.connect(pg.conninfo(), autocommit=True) as conn:
+        assert load_file(conn, str(path), batch_size=5, connect_more=refuse).inserted == 12
