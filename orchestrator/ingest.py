@@ -485,8 +485,8 @@ class Loader:
     """Writes parsed batches through ``1 + len(extra)`` connections, one batch a connection at a time.
 
     One worker thread reads and encodes batch k+1 while the writers stream earlier batches (the
-    GIL is free while a thread waits on its socket). With two connections, two server backends
-    index in parallel: one backend alone, not the client, bounds a load on a 2-CPU machine.
+    GIL is free while a thread waits on its socket). A single server backend maintaining the
+    indexes is the slow side of a load; with two connections, two backends index in parallel.
     """
 
     def __init__(
@@ -680,6 +680,11 @@ def load(file: str, strict: bool, batch_size: int, as_json: bool) -> None:
         raise click.ClickException(
             f"{file}: the database failed during the load ({_first_line(error)}); batches committed so far "
             "stay, and loading the file again is safe (idempotent by id)"
+        ) from None
+    except (OSError, EOFError) as error:  # a truncated or corrupt .gz, a read error
+        raise click.ClickException(
+            f"{file}: cannot be read to the end ({_first_line(error)}); batches committed so far stay, "
+            "and loading the file again is safe (idempotent by id)"
         ) from None
     if as_json:
         _emit(result.as_json())

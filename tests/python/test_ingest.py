@@ -478,3 +478,13 @@ def test_no_second_connection_still_loads(pg, tmp_path):
     path = write_jsonl(tmp_path / "one.jsonl", [json.dumps(good(i, tenant=tenant)) for i in range(12)])
     with psycopg.connect(pg.conninfo(), autocommit=True) as conn:
         assert load_file(conn, str(path), batch_size=5, connect_more=refuse).inserted == 12
+
+
+def test_truncated_gzip_is_a_one_line_error(pg, tmp_path):
+    tenant = f"trunc-{uuid.uuid4().hex[:8]}"
+    packed = gzip.compress("".join(json.dumps(good(i, tenant=tenant)) + "\n" for i in range(200)).encode())
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(packed[: len(packed) // 2])
+    result = invoke(str(path))
+    assert result.exit_code == 1
+    assert result.output.strip().count("\n") == 0 and "cannot be read to the end" in result.output
