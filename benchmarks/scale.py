@@ -169,7 +169,7 @@ def vacuum(settings) -> None:
         conn.execute("vacuum analyze devdiag.diag_run")
 
 
-# The history is bulk-loaded just before the first build: with the default lookback (1 hour, for
+# The history is bulk-loaded just before the first build: with the default lookback (10 minutes, for
 # write transactions still open at a build's start) the next build would re-read all of it. Nothing
 # writes during these builds, so they look back 0 s: the build after one more day reads that day.
 NO_LOOKBACK = ["--vars", '{"devdiag_incremental_lookback": "0 seconds"}']

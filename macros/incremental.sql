@@ -8,25 +8,51 @@
     (`devdiag build --full-refresh`, nightly from cron).
 -#}
 {% macro changed_since_last_build() %}
-    {#- A table made before the model was incremental has no built_at: then every row is work. -#}
-    {%- set columns = adapter.get_columns_in_relation(this) | map(attribute='name') | list if execute else [] -%}
-    {%- if 'built_at' in columns %}
+{#- A table made before the model was incremental has no built_at: then every row is work. -#}
+{%- set columns = adapter.get_columns_in_relation(this) | map(attribute='name') | list if execute else [] -%}
+{%- if 'built_at' in columns %}
     changed_at >= (
         select coalesce(max(built_at), '-infinity'::timestamptz) from {{ this }}
     ) - interval '{{ var("devdiag_incremental_lookback") }}'
     {%- else %}
     true
-    {%- endif %}
+{%- endif %}
 {% endmacro %}
 
 
-{#- The UTC days (and their first instant) of the rows changed since the last build that match `where`. -#}
-{% macro changed_utc_days(where) %}
-    select distinct
-        (ts at time zone 'utc')::date as day,
-        ((ts at time zone 'utc')::date)::timestamp at time zone 'utc' as day_start
+{#-
+    The raw rows (`columns` of stg_devdiag__diag_run, filtered by `where`) that a build of a model
+    kept per UTC `period` ('day' or 'hour') must read: every one on a full build; on an
+    incremental one, those of the periods holding a row changed since the last build. Each changed
+    period is read by its own range scan of the ts index: a lateral subquery that `offset 0` keeps
+    from being flattened, since a plain join lets the planner scan the whole raw table instead.
+-#}
+{% macro rows_of_changed_periods(period, where, columns) %}
+{%- set length = {'day': "interval '24 hours'", 'hour': "interval '1 hour'"}[period] -%}
+{%- if is_incremental() %}
+    select
+{%- for column in columns %}
+        period_rows.{{ column }}{{ "," if not loop.last }}
+        {%- endfor %}
+    from (
+        select distinct date_trunc('{{ period }}', ts, 'utc') as period_start
+        from {{ ref('stg_devdiag__diag_run') }}
+        where
+            {{ where }}
+            and {{ changed_since_last_build() }}
+    ) as changed_periods
+    cross join lateral (
+        select {{ columns | join(', ') }}
+        from {{ ref('stg_devdiag__diag_run') }}
+        where
+            ts >= changed_periods.period_start
+            and ts < changed_periods.period_start + {{ length }}
+            and {{ where }}
+        offset 0
+    ) as period_rows
+    {%- else %}
+    select {{ columns | join(', ') }}
     from {{ ref('stg_devdiag__diag_run') }}
-    where
-        {{ where }}
-        and {{ changed_since_last_build() }}
+    where {{ where }}
+{%- endif %}
 {% endmacro %}

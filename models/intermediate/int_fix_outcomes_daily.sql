@@ -13,50 +13,15 @@
     )
 }}
 
-with
-{% if is_incremental() %}
-    changed_days as (
-        {{ changed_utc_days('fix_suggestion is not null and problem_code is not null') }}
-    ),
-
-    suggestions as (
-
-        select
-            stg_devdiag__diag_run.ts,
-            stg_devdiag__diag_run.tenant_id,
-            stg_devdiag__diag_run.problem_code,
-            stg_devdiag__diag_run.fix_suggestion,
-            stg_devdiag__diag_run.confidence,
-            stg_devdiag__diag_run.resolution,
-            stg_devdiag__diag_run.resolved_at
-        from changed_days
-        inner join {{ ref('stg_devdiag__diag_run') }}
-            on
-                stg_devdiag__diag_run.ts >= changed_days.day_start
-                and stg_devdiag__diag_run.ts < changed_days.day_start + interval '24 hours'
-        where
-            stg_devdiag__diag_run.fix_suggestion is not null
-            and stg_devdiag__diag_run.problem_code is not null
-
-    ),
-{% else %}
-    suggestions as (
-
-        select
-            ts,
-            tenant_id,
-            problem_code,
-            fix_suggestion,
-            confidence,
-            resolution,
-            resolved_at
-        from {{ ref('stg_devdiag__diag_run') }}
-        where
-            fix_suggestion is not null
-            and problem_code is not null
-
-    ),
-{% endif %}
+with suggestions as (
+    {{
+        rows_of_changed_periods(
+            'day',
+            'fix_suggestion is not null and problem_code is not null',
+            ['ts', 'tenant_id', 'problem_code', 'fix_suggestion', 'confidence', 'resolution', 'resolved_at'],
+        )
+    }}
+),
 
 daily_outcome_counts as (
 

@@ -11,38 +11,9 @@
     )
 }}
 
-with
-{% if is_incremental() %}
-    changed_days as (
-        {{ changed_utc_days('problem_code is not null') }}
-    ),
-
-    findings as (
-
-        select
-            stg_devdiag__diag_run.ts,
-            stg_devdiag__diag_run.tenant_id,
-            stg_devdiag__diag_run.problem_code
-        from changed_days
-        inner join {{ ref('stg_devdiag__diag_run') }}
-            on
-                stg_devdiag__diag_run.ts >= changed_days.day_start
-                and stg_devdiag__diag_run.ts < changed_days.day_start + interval '24 hours'
-        where stg_devdiag__diag_run.problem_code is not null
-
-    ),
-{% else %}
-    findings as (
-
-        select
-            ts,
-            tenant_id,
-            problem_code
-        from {{ ref('stg_devdiag__diag_run') }}
-        where problem_code is not null
-
-    ),
-{% endif %}
+with findings as (
+    {{ rows_of_changed_periods('day', 'problem_code is not null', ['ts', 'tenant_id', 'problem_code']) }}
+),
 
 daily_counts as (
 

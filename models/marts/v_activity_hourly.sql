@@ -1,12 +1,26 @@
 {#-
     Public view for the dashboard and the alerts: the last 7 x 24 UTC hours and the current one,
-    per hour x tenant x environment x problem. Complete hours come from int_activity_hourly (built
-    every few minutes); the hours since its newest one are aggregated live from the raw table's ts
-    index, so the newest run is always counted. Its cost is the week's hours, not the history's.
+    per hour x tenant x environment x problem. int_activity_hourly holds the runs before its last
+    build began (built_at of its newest hour, every few minutes); the runs since are aggregated
+    live from the raw table's ts index and merged into their hour, so the newest run is always
+    counted. Its cost is the week's hours and a few minutes of runs, not the history's.
 -#}
 {{ config(materialized='view', grants={'select': ['grafana']}) }}
 
-with built_hours as (
+with newest_built_hour as (
+
+    -- the hour index gives it in one step; its rows hold the runs before built_at
+    select
+        hour,
+        built_at
+    from {{ ref('int_activity_hourly') }}
+    order by 1 desc
+    limit 1
+
+),
+
+-- the table is read by two CTEs, each once: a CTE read twice would be materialized, not inlined
+earlier_built_hours as (
 
     select
         hour,
@@ -20,15 +34,29 @@ with built_hours as (
         confidence_count,
         last_ts
     from {{ ref('int_activity_hourly') }}
+    where
+        hour >= date_trunc('hour', now(), 'utc') - interval '7 days'
+        and hour < (select newest_built_hour.hour from newest_built_hour)
 
 ),
 
-live_from as (
+newest_built_rows as (
 
-    -- the first hour the build has not aggregated (it builds complete hours only); read from the
-    -- table, not built_hours, so that max(hour) is one step down its index
-    select coalesce(max(hour) + interval '1 hour', '-infinity'::timestamptz) as hour
+    select
+        hour,
+        tenant_id,
+        environment,
+        problem_code,
+        runs,
+        findings,
+        suggestions,
+        confidence_sum,
+        confidence_count,
+        last_ts
     from {{ ref('int_activity_hourly') }}
+    where
+        hour >= date_trunc('hour', now(), 'utc') - interval '7 days'
+        and hour >= (select newest_built_hour.hour from newest_built_hour)
 
 ),
 
@@ -44,7 +72,7 @@ live_findings as (
         confidence
     from {{ ref('stg_devdiag__diag_run') }}
     where
-        ts >= (select live_from.hour from live_from)
+        ts >= coalesce((select newest_built_hour.built_at from newest_built_hour), '-infinity')
         and ts >= date_trunc('hour', now(), 'utc') - interval '7 days'
 
 ),
@@ -53,12 +81,34 @@ live_hours as (
     {{ activity_by_hour('live_findings') }}
 ),
 
+-- the newest built hour, partly built and partly live: its two halves added up
+merged_hours as (
+
+    select
+        hour,
+        tenant_id,
+        environment,
+        problem_code,
+        sum(runs)::bigint as runs,
+        sum(findings)::bigint as findings,
+        sum(suggestions)::bigint as suggestions,
+        sum(confidence_sum) as confidence_sum,
+        sum(confidence_count)::bigint as confidence_count,
+        max(last_ts) as last_ts
+    from (
+        select * from newest_built_rows
+        union all
+        select * from live_hours
+    ) as newest_hours
+    group by 1, 2, 3, 4
+
+),
+
 activity_hours as (
 
-    select * from built_hours
-    where hour >= date_trunc('hour', now(), 'utc') - interval '7 days'
+    select * from earlier_built_hours
     union all
-    select * from live_hours
+    select * from merged_hours
 
 )
 

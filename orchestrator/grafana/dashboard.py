@@ -58,30 +58,25 @@ def _override(name: str, **properties: Any) -> dict[str, Any]:
 
 
 HEALTH_SQL = """
+with week as (
+    select
+        max(last_ts) as last_ts,
+        sum(runs) filter (where hour >= date_trunc('day', now(), 'utc')) as runs_today,
+        count(distinct problem_code) filter (where hour >= date_trunc('day', now(), 'utc')) as problems_today,
+        sum(confidence_sum) / nullif(sum(confidence_count), 0) as confidence
+    from devdiag.v_activity_hourly
+)
 select
-    coalesce(
-        (select extract(epoch from now() - max(last_ts)) / 3600 from devdiag.v_activity_hourly),
-        168
-    )::float8 as "hours since last run",
-    (
-        select coalesce(sum(runs), 0)
-        from devdiag.v_activity_hourly
-        where hour >= date_trunc('day', now(), 'utc')
-    )::bigint as "runs today",
-    (
-        select count(distinct problem_code)
-        from devdiag.v_activity_hourly
-        where hour >= date_trunc('day', now(), 'utc')
-    ) as "problems today",
-    (
-        select sum(confidence_sum) / nullif(sum(confidence_count), 0)
-        from devdiag.v_activity_hourly
-    )::float8 as "fix confidence (7 d)",
+    coalesce(extract(epoch from now() - week.last_ts) / 3600, 168)::float8 as "hours since last run",
+    coalesce(week.runs_today, 0)::bigint as "runs today",
+    week.problems_today as "problems today",
+    week.confidence::float8 as "fix confidence (7 d)",
     (
         select percentile_cont(0.5) within group (order by extract(epoch from ttr_days)) / 86400
         from devdiag.v_ttr_days
         where first_seen_day >= current_date - 7
     )::float8 as "median TTR (7 d, days)"
+from week
 """
 
 RUNS_SQL = f"""
@@ -259,7 +254,7 @@ limit 100
 """
 
 TENANT_VARIABLE_SQL = """
-select tenant_id from devdiag.v_problem_counts
+select tenant_id from devdiag.v_problem_counts where $__timeFilter(day)
 union
 select tenant_id from devdiag.v_activity_hourly
 order by 1

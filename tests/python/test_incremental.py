@@ -34,7 +34,7 @@ MODELS = {
     "int_fix_ranking": "tenant_id, problem_code, rank",
 }
 # No lookback: nothing writes while these builds run, and the rows loaded just before the first
-# build would otherwise be re-read by every build of the module (the default looks back 1 hour).
+# build would otherwise be re-read by every build of the module (the default looks back 10 minutes).
 BUILD = ["build", "--vars", '{"devdiag_incremental_lookback": "0 seconds"}']
 # hour-relative: compared only when both snapshots fall in the same UTC hour
 HOURLY = {
