@@ -25,10 +25,6 @@ NOT_CO_LOCATED = {
     ("int_problem_episodes", "join tenant_problems"): "tenant_problem_id must carry tenant_id on Citus",
     ("int_problem_episodes", "over ()"): "tenant_problem_id: row_number() over () must become per tenant",
     ("int_problem_episodes", "over (partition by tenant_problem_id"): "partition by tenant_id, problem_code",
-    # incremental builds: the changed days (hours) are a short list joined to the raw rows by ts range
-    ("int_problem_counts_daily", "join {{ ref('stg_devdiag__diag_run') }}"): "changed days, broadcast",
-    ("int_fix_outcomes_daily", "join {{ ref('stg_devdiag__diag_run') }}"): "changed days, broadcast",
-    ("int_activity_hourly", "join {{ ref('stg_devdiag__diag_run') }}"): "changed hours, broadcast",
     ("int_problem_environments", "join {{ this }} as known_pairs"): "all-tenant pairs: a coordinator table",
 }
 
