@@ -129,7 +129,7 @@ def main() -> None:
         return
     print(f"\nDevDiag analytics core at {figures['raw_rows']:,} raw rows ({figures['database_size']})")
     print(
-        f"  load (demo generator -> batched writer, COPY, 9 indexes): {figures['load_rows_per_s']:,} rows/s "
+        f"  load (demo generator -> batched writer, COPY, 10 indexes): {figures['load_rows_per_s']:,} rows/s "
         f"({figures['rows_loaded']:,} rows in {figures['load_seconds']} s)"
     )
     print(f"  dbt build, full, in-process:  {figures['dbt_build_full_s']} s (again: {figures['dbt_build_again_s']} s)")

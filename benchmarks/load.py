@@ -1,4 +1,4 @@
-"""Bulk-load speed of the writer: demo rows into a fresh embedded PostgreSQL with all 9 indexes.
+"""Bulk-load speed of the writer: demo rows into a fresh embedded PostgreSQL with all 10 indexes.
 
     python benchmarks/load.py                 # 1,000,000 rows
     python benchmarks/load.py --rows 100000 --staging
@@ -71,7 +71,7 @@ def _bench(args: argparse.Namespace) -> int:
         loaded = time.perf_counter() - started
         server_cpu, client_cpu = _cpu_seconds(backend) - server_cpu, time.process_time() - client_cpu
         path = "staging + on conflict" if args.staging else "copy (fast path)"
-        print(f"loaded {inserted:,} rows in {loaded:.1f} s = {inserted / loaded:,.0f} rows/s [{path}, 9 indexes]")
+        print(f"loaded {inserted:,} rows in {loaded:.1f} s = {inserted / loaded:,.0f} rows/s [{path}, 10 indexes]")
         # On a shared machine wall time depends on the neighbours; CPU time per side does not.
         print(
             f"  CPU: server backend {server_cpu:.1f} s, client {client_cpu:.1f} s; "

@@ -2,7 +2,7 @@
 """MCP server figures at N raw rows, on a fresh embedded PostgreSQL in a temporary DEVDIAG_HOME.
 
 1. Bulk load: the demo history (N rows, time ordered, UUIDv7 ids) written as JSONL (fsync'd), then, after
-   a checkpoint, imported by `devdiag load FILE --json` in its own process, with all 9 indexes in place:
+   a checkpoint, imported by `devdiag load FILE --json` in its own process, with all 10 indexes in place:
    rows/s, with the machine's load average before and after (the figure depends on the neighbours).
 2. `dbt build` (v_fix_ranking and the other views), then `vacuum analyze`, as in production.
 3. `diagnose` latency: `python -m mcp_devdiag` launched over stdio with the SDK's stdio client; each
@@ -211,7 +211,7 @@ def main() -> None:
     print(f"\nDevDiag MCP server at {figures['raw_rows']:,} raw rows ({figures['cpus']} CPUs)")
     if load:
         print(
-            f"  devdiag load (JSONL -> COPY, 9 indexes): {load['rows_per_s']:,} rows/s "
+            f"  devdiag load (JSONL -> COPY, 10 indexes): {load['rows_per_s']:,} rows/s "
             f"({load['inserted']:,} rows, {figures['file_mb']} MB, in {load['seconds']:.1f} s; "
             f"{load['bad_lines']} bad lines; load average {load['load_average'][0]} -> {load['load_average'][1]})"
         )

@@ -386,7 +386,7 @@ def print_table(f: dict[str, object], repeat: int) -> None:
     row(
         "bulk load",
         f"{f['load_rows_per_s']:,} rows/s",
-        f"writer COPY batches, 9 indexes, {f['load_rows']:,} rows in {f['load_s']} s",
+        f"writer COPY batches, 10 indexes, {f['load_rows']:,} rows in {f['load_s']} s",
         TARGETS["load_rows_per_s"],
     )
     row(
