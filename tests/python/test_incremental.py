@@ -221,3 +221,16 @@ def test_a_run_written_after_the_build_is_in_the_hourly_view_at_once(db) -> None
         assert conn.execute(runs).fetchone()[0] == 1
         newest = conn.execute("select max(last_ts) from devdiag.v_activity_hourly").fetchone()[0]
         assert newest == now
+
+
+def test_a_second_build_waits_for_the_first_and_gives_up_in_one_line(pg, monkeypatch) -> None:
+    """Two builds never replace the same tables together: the second waits on the advisory lock."""
+    import click
+
+    monkeypatch.setattr(dbt, "BUILD_LOCK_WAIT", "1s")
+    with psycopg.connect(pg.conninfo(), autocommit=True) as first:
+        first.execute("select pg_advisory_lock(hashtext('devdiag dbt build'))")
+        with pytest.raises(click.ClickException, match="another devdiag build has held the build lock for 1s"):
+            dbt.build(pg, ["run", "--select", "stg_devdiag__fix_catalog"])
+    # released with the first session: the next build runs
+    assert_built(dbt.build(pg, ["run", "--select", "stg_devdiag__fix_catalog"]))
