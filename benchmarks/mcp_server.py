@@ -39,7 +39,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def write_history(settings, rows_wanted: int, path: Path) -> int:
+def write_history(settings, rows_wanted: int, path: Path, tenants: int = 3, codes: int = 20) -> int:
     """The demo generator's rows for about ``rows_wanted`` rows, as the JSONL `devdiag load` reads."""
     import psycopg
 
@@ -47,7 +47,7 @@ def write_history(settings, rows_wanted: int, path: Path) -> int:
 
     runs = max(100, round(rows_wanted / 1.05))  # a run writes ~1.05 rows
     with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
-        rows = generate(runs, conn=conn, seed=7, now=datetime.now(UTC))
+        rows = generate(runs, conn=conn, seed=7, now=datetime.now(UTC), tenants=tenants, codes=codes)
     dumps = json.dumps
     with open(path, "w", encoding="utf-8") as fh:
         for row in rows:
@@ -123,11 +123,11 @@ async def time_diagnose(home: Path, tenant: str, calls: int, warmup: int) -> dic
     }
 
 
-def load_history(settings, home: Path, rows: int, figures: dict, log) -> None:
+def load_history(settings, home: Path, rows: int, figures: dict, log, tenants: int = 3, codes: int = 20) -> None:
     """The demo history as JSONL, imported by `devdiag load` in its own process."""
     path = home / "history.jsonl"
     log(f"generating ~{rows:,} demo rows as JSONL ...")
-    figures["rows_in_file"] = write_history(settings, rows, path)
+    figures["rows_in_file"] = write_history(settings, rows, path, tenants, codes)
     figures["file_mb"] = round(path.stat().st_size / 1e6, 1)
 
     import psycopg
@@ -152,6 +152,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000, help="raw rows to load (default 1,000,000)")
     parser.add_argument("--calls", type=int, default=1000, help="timed diagnose calls (default 1000)")
     parser.add_argument("--warmup", type=int, default=50, help="untimed calls first (default 50)")
+    parser.add_argument("--tenants", type=int, default=3, help="demo tenants (default 3, as `devdiag demo`)")
+    parser.add_argument("--codes", type=int, default=20, help="demo problem codes (default 20, as `devdiag demo`)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the temporary DEVDIAG_HOME")
     parser.add_argument("--home", type=Path, help="use (and keep) this DEVDIAG_HOME; skip the load if it has the rows")
@@ -171,7 +173,12 @@ def main() -> None:
     from orchestrator.provision import setup
 
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    figures: dict[str, object] = {"rows_requested": args.rows, "cpus": os.cpu_count()}
+    figures: dict[str, object] = {
+        "rows_requested": args.rows,
+        "tenants": args.tenants,
+        "codes": args.codes,
+        "cpus": os.cpu_count(),
+    }
     try:
         settings = config.settings()
         setup(settings)
@@ -181,7 +188,7 @@ def main() -> None:
             log(f"{present:,} rows already in {home}: no load")
             figures["load"] = None
         else:
-            load_history(settings, home, args.rows, figures, log)
+            load_history(settings, home, args.rows, figures, log, args.tenants, args.codes)
 
         log("dbt build ...")
         started = time.perf_counter()
@@ -208,7 +215,10 @@ def main() -> None:
         print(json.dumps(figures, indent=2))
         return
     load, diag = figures["load"], figures["diagnose"]
-    print(f"\nDevDiag MCP server at {figures['raw_rows']:,} raw rows ({figures['cpus']} CPUs)")
+    print(
+        f"\nDevDiag MCP server at {figures['raw_rows']:,} raw rows, {figures['tenants']} tenants, "
+        f"{figures['codes']} codes ({figures['cpus']} CPUs)"
+    )
     if load:
         print(
             f"  devdiag load (JSONL -> COPY, 10 indexes): {load['rows_per_s']:,} rows/s "

@@ -57,38 +57,61 @@ def _override(name: str, **properties: Any) -> dict[str, Any]:
     }
 
 
+# Each figure reads only the hours it needs from v_activity_hourly: the last two hours (the whole
+# week only when they are empty), today's hours, the week's confidence sums.
 HEALTH_SQL = """
-with week as (
-    select
-        max(last_ts) as last_ts,
-        sum(runs) filter (where hour >= date_trunc('day', now(), 'utc')) as runs_today,
-        count(distinct problem_code) filter (where hour >= date_trunc('day', now(), 'utc')) as problems_today,
-        sum(confidence_sum) / nullif(sum(confidence_count), 0) as confidence
-    from devdiag.v_activity_hourly
-)
 select
-    coalesce(extract(epoch from now() - week.last_ts) / 3600, 168)::float8 as "hours since last run",
-    coalesce(week.runs_today, 0)::bigint as "runs today",
-    week.problems_today as "problems today",
-    week.confidence::float8 as "fix confidence (7 d)",
+    coalesce(
+        extract(epoch from now() - coalesce(
+            (
+                select max(last_ts) from devdiag.v_activity_hourly
+                where hour >= date_trunc('hour', now(), 'utc') - interval '2 hours'
+            ),
+            (select max(last_ts) from devdiag.v_activity_hourly)
+        )) / 3600,
+        168
+    )::float8 as "hours since last run",
+    (
+        select coalesce(sum(runs), 0)
+        from devdiag.v_activity_hourly
+        where hour >= date_trunc('day', now(), 'utc')
+    )::bigint as "runs today",
+    (
+        select count(distinct problem_code)
+        from devdiag.v_activity_hourly
+        where hour >= date_trunc('day', now(), 'utc')
+    ) as "problems today",
+    (
+        select sum(confidence_sum) / nullif(sum(confidence_count), 0)
+        from devdiag.v_activity_hourly
+    )::float8 as "fix confidence (7 d)",
     (
         select percentile_cont(0.5) within group (order by extract(epoch from ttr_days)) / 86400
         from devdiag.v_ttr_days
         where first_seen_day >= current_date - 7
     )::float8 as "median TTR (7 d, days)"
-from week
 """
 
+# Summed per hour first: Grafana's time-group macro is numeric arithmetic, cheaper on 169 hours
+# than on the week's ~50,000 rows.
 RUNS_SQL = f"""
+with hours as (
+    select
+        hour,
+        sum(runs) as runs,
+        sum(findings) as findings
+    from devdiag.v_activity_hourly
+    where
+        $__timeFilter(hour)
+        and {tenant_filter()}
+        and {environment_filter()}
+    group by hour
+)
 select
     $__timeGroupAlias(hour, $__interval),
     sum(runs) as runs,
     sum(findings) as findings
-from devdiag.v_activity_hourly
-where
-    $__timeFilter(hour)
-    and {tenant_filter()}
-    and {environment_filter()}
+from hours
 group by 1
 order by 1
 """
