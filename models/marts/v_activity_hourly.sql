@@ -19,8 +19,8 @@ with newest_built_hour as (
 
 ),
 
--- the table is read by two CTEs, each once: a CTE read twice would be materialized, not inlined
-earlier_built_hours as (
+-- read twice below: `not materialized` keeps each read an index scan of its own hours
+built_hours as not materialized (
 
     select
         hour,
@@ -34,29 +34,7 @@ earlier_built_hours as (
         confidence_count,
         last_ts
     from {{ ref('int_activity_hourly') }}
-    where
-        hour >= date_trunc('hour', now(), 'utc') - interval '7 days'
-        and hour < (select newest_built_hour.hour from newest_built_hour)
-
-),
-
-newest_built_rows as (
-
-    select
-        hour,
-        tenant_id,
-        environment,
-        problem_code,
-        runs,
-        findings,
-        suggestions,
-        confidence_sum,
-        confidence_count,
-        last_ts
-    from {{ ref('int_activity_hourly') }}
-    where
-        hour >= date_trunc('hour', now(), 'utc') - interval '7 days'
-        and hour >= (select newest_built_hour.hour from newest_built_hour)
+    where hour >= date_trunc('hour', now(), 'utc') - interval '7 days'
 
 ),
 
@@ -96,7 +74,8 @@ merged_hours as (
         sum(confidence_count)::bigint as confidence_count,
         max(last_ts) as last_ts
     from (
-        select * from newest_built_rows
+        select * from built_hours
+        where hour >= (select newest_built_hour.hour from newest_built_hour)
         union all
         select * from live_hours
     ) as newest_hours
@@ -106,7 +85,8 @@ merged_hours as (
 
 activity_hours as (
 
-    select * from earlier_built_hours
+    select * from built_hours
+    where hour < (select newest_built_hour.hour from newest_built_hour)
     union all
     select * from merged_hours
 

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from psycopg import sql
 
+from mcp_devdiag.writer import COLUMNS as WRITER_COLUMNS
 from orchestrator import dbt
 from orchestrator.config import ConnectionSettings, project_dir
 from orchestrator.contract import PUBLIC_VIEWS, RAW_INDEXES
@@ -27,11 +28,8 @@ from orchestrator.health import CHECKS, HealthCheck, run_health
 
 DATABASE = "devdiag_test_health"
 CHECK_NAMES = [name for name, _, _ in CHECKS]
-COLUMNS = (
-    "id, run_id, ts, tenant_id, environment, problem_code, fix_suggestion, confidence, "
-    "resolution, resolved_at, error_msg"
-)
-INSERT = f"insert into devdiag.diag_run ({COLUMNS}) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+COLUMNS = ", ".join(WRITER_COLUMNS)
+INSERT = f"insert into devdiag.diag_run ({COLUMNS}) values ({', '.join(['%s'] * len(WRITER_COLUMNS))})"
 Run = tuple  # one diag_run row, in INSERT's column order
 
 
