@@ -66,7 +66,8 @@ def main() -> None:
 
     import psycopg
 
-    from orchestrator import config, dbt, embedded
+    from devdiag_db import config, embedded
+    from orchestrator import dbt
     from orchestrator.demo_data import load_demo
     from orchestrator.provision import setup
 

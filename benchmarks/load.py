@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["DEVDIAG_HOME"] = home
     for var in ("DEVDIAG_PG_DSN", "DEVDIAG_PG_HOST", "DEVDIAG_PG_USER", "DEVDIAG_PG_PASS", "DEVDIAG_PG_DB"):
         os.environ.pop(var, None)
-    from orchestrator import embedded
+    from devdiag_db import embedded
 
     try:
         return _bench(args)
@@ -45,9 +45,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from devdiag_db import config
+    from devdiag_db.db import connect
     from mcp_devdiag import writer
-    from orchestrator import config, demo_data
-    from orchestrator.db import connect
+    from orchestrator import demo_data
     from orchestrator.provision import setup
 
     settings = config.settings()

@@ -168,7 +168,8 @@ def main() -> None:
 
     import psycopg
 
-    from orchestrator import config, dbt, embedded
+    from devdiag_db import config, embedded
+    from orchestrator import dbt
     from orchestrator.demo_data import demo_tenants
     from orchestrator.provision import setup
 

@@ -248,7 +248,7 @@ def main() -> None:
     for var in ("DEVDIAG_PG_DSN", "DEVDIAG_PG_HOST", "DEVDIAG_PG_USER", "DEVDIAG_PG_PASS", "DEVDIAG_PG_DB"):
         os.environ.pop(var, None)
 
-    from orchestrator import config, embedded
+    from devdiag_db import config, embedded
     from orchestrator.provision import setup
 
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))

@@ -97,8 +97,8 @@ def load_history(
     """Simulate, write all but the last day; return figures, the held-back rows and outcome updates."""
     from dataclasses import replace
 
+    from devdiag_db.db import connect
     from mcp_devdiag.writer import write_runs
-    from orchestrator.db import connect
     from orchestrator.demo_data import _gc_paused, _iter_rows, _require_schema, _simulate
 
     cutoff = now - timedelta(days=1)
@@ -148,8 +148,8 @@ def load_history(
 
 
 def append_day(settings, held: list, updates: list[tuple]) -> float:
+    from devdiag_db.db import connect
     from mcp_devdiag.writer import write_runs
-    from orchestrator.db import connect
 
     started = time.perf_counter()
     with connect(settings) as conn:
@@ -178,8 +178,8 @@ NO_LOOKBACK = ["--vars", '{"devdiag_incremental_lookback": "0 seconds"}']
 def build(settings, *, full: bool) -> tuple[float, list[str], list[str]]:
     """Wall time, the nodes that did not pass, and the five slowest nodes (dbt's run_results.json).
     `full`: as `devdiag build --full-refresh` (every model from the raw table, every test)."""
+    from devdiag_db.config import devdiag_home
     from orchestrator import dbt
-    from orchestrator.config import devdiag_home
 
     started = time.perf_counter()
     args = ["build", "--full-refresh", "--selector", "full_build"] if full else ["build"]
@@ -259,7 +259,7 @@ def time_queries(conn, named: list[tuple[str, str]], repeat: int) -> list[dict[s
 def all_queries(settings, repeat: int) -> list[dict[str, object]]:
     import psycopg
 
-    from orchestrator.db import connect
+    from devdiag_db.db import connect
     from orchestrator.grafana.database import grafana_settings
 
     with connect(grafana_settings()) as conn:
@@ -324,7 +324,7 @@ def one_size(
         os.environ.pop(var, None)
     import psycopg
 
-    from orchestrator import config, embedded
+    from devdiag_db import config, embedded
     from orchestrator.provision import setup
 
     figures: dict[str, object] = {"runs": runs, "days": days, "tenants": tenants, "codes": codes}

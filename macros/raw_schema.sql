@@ -92,6 +92,7 @@
 
     {{ fix_confidence_function(schema) }}
     {{ create_roles(schema) }}
+    {{ create_tenancy(schema) }}
 {% endmacro %}
 
 
@@ -109,8 +110,190 @@
     $roles$;
 
     grant usage on schema {{ schema }} to devdiag_writer;
-    grant select, insert, update on {{ schema }}.diag_run to devdiag_writer;
+    -- What the writer does and no more: insert runs, read its tenant's, record outcomes. No
+    -- table-wide UPDATE (which would also allow `lock table ... in access exclusive mode`).
+    revoke update, delete, truncate, references, trigger on {{ schema }}.diag_run from devdiag_writer;
+    grant select, insert on {{ schema }}.diag_run to devdiag_writer;
+    grant update (resolution, resolved_at) on {{ schema }}.diag_run to devdiag_writer;
     revoke all on {{ schema }}.diag_run from grafana;
+{% endmacro %}
+
+
+{#-
+    Tenants are isolated in the database: row-level security on every table that holds a tenant's
+    rows, for the role the server writes with. Each transaction of the server sets its tenant with
+    set_config('devdiag.tenant', ..., true); without it the writer sees and writes nothing. The
+    owner (who runs dbt, retention, backups and `devdiag load`) owns the tables and so is not
+    subject to these policies; RLS is enabled, not forced, for that reason (forcing it would also
+    refuse the owner's COPY). No other role owns them or has BYPASSRLS.
+
+    Every `dbt build` runs this: the ALTER TABLE and CREATE POLICY below take an ACCESS EXCLUSIVE
+    lock (every reader, Grafana too, would queue behind it), so they run only when the policy is
+    missing or older than tenancy_version.
+-#}
+{% macro create_tenancy(schema) %}
+    {%- set tenancy_version = "devdiag tenancy 2" -%}
+    create table if not exists {{ schema }}.api_token (
+        key_id text primary key,
+        tenant_id text not null,
+        name text not null,
+        secret_sha256 bytea not null,
+        created_at timestamptz not null default now(),
+        expires_at timestamptz,
+        last_used_at timestamptz,
+        revoked_at timestamptz,
+        constraint api_token_key_id_format check (key_id ~ '^[a-z0-9]{8}$'),
+        constraint api_token_hash_length check (length(secret_sha256) = 32)
+    );
+    comment on table {{ schema }}.api_token is
+        'Team-service tokens: only the SHA-256 of each secret is kept; the server checks them through devdiag.token_lookup.';
+    -- A name is unique among a tenant's live tokens: a revoked one's name may be used again.
+    create unique index if not exists api_token_live_name on {{ schema }}.api_token (tenant_id, name)
+        where revoked_at is null;
+
+    {#- The tenants that have a Grafana read role (`devdiag role grafana-tenant`): their views are
+        made again after every dbt build, which drops them with the public views they read. -#}
+    create table if not exists {{ schema }}.tenant_reader (
+        tenant_id text primary key,
+        role_name text not null unique,
+        schema_name text not null unique,
+        created_at timestamptz not null default now()
+    );
+    comment on table {{ schema }}.tenant_reader is
+        'One read-only role per tenant for a team''s own Grafana, and the schema of its tenant-filtered views.';
+
+    do $tenancy$
+    declare
+        t regclass;
+    begin
+        foreach t in array array['{{ schema }}.diag_run', '{{ schema }}.api_token', '{{ schema }}.tenant_reader']::regclass[] loop
+            if not (select relrowsecurity from pg_class where oid = t) then
+                execute format('alter table %s enable row level security', t);
+            end if;
+        end loop;
+        foreach t in array array['{{ schema }}.diag_run', '{{ schema }}.api_token']::regclass[] loop
+            if coalesce((select obj_description(p.oid, 'pg_policy') from pg_policy as p
+                         where p.polrelid = t and p.polname = 'tenant_isolation'), '') <> '{{ tenancy_version }}' then
+                execute format('drop policy if exists tenant_isolation on %s', t);
+                execute format($policy$
+                    create policy tenant_isolation on %s as permissive for all to devdiag_writer
+                        using (tenant_id = current_setting('devdiag.tenant', true))
+                        with check (tenant_id = current_setting('devdiag.tenant', true))
+                    $policy$, t);
+                execute format('comment on policy tenant_isolation on %s is %L', t, '{{ tenancy_version }}');
+            end if;
+        end loop;
+    end
+    $tenancy$;
+    revoke all on {{ schema }}.api_token from public, devdiag_writer, grafana;
+    revoke all on {{ schema }}.tenant_reader from public, devdiag_writer, grafana;
+
+    -- Before a request has a tenant, the server may only ask this: the tenant, hash and dates of
+    -- one key id, and note its use (at most once a minute: a busy token costs no write per call).
+    create or replace function {{ schema }}.token_lookup(p_key_id text)
+    returns table (tenant_id text, name text, secret_sha256 bytea, expires_at timestamptz, revoked_at timestamptz)
+    language sql stable security definer set search_path = pg_catalog, pg_temp as $lookup$
+        select t.tenant_id, t.name, t.secret_sha256, t.expires_at, t.revoked_at
+        from {{ schema }}.api_token as t
+        where t.key_id = p_key_id
+    $lookup$;
+    create or replace function {{ schema }}.token_used(p_key_id text) returns void
+    language sql volatile security definer set search_path = pg_catalog, pg_temp as $used$
+        update {{ schema }}.api_token as t set last_used_at = now()
+        where t.key_id = p_key_id and (t.last_used_at is null or t.last_used_at < now() - interval '1 minute')
+    $used$;
+    revoke all on function {{ schema }}.token_lookup(text) from public;
+    revoke all on function {{ schema }}.token_used(text) from public;
+    grant execute on function {{ schema }}.token_lookup(text) to devdiag_writer;
+    grant execute on function {{ schema }}.token_used(text) to devdiag_writer;
+
+    {{ create_tenant_views_function(schema) }}
+{% endmacro %}
+
+
+{#-
+    (Re)creates every registered tenant's views: schema devdiag_tenant_<slug>, owned by the owner
+    (so its views read the public views with the owner's rights), USAGE and SELECT for that
+    tenant's role only. Same names and columns as the public views, filtered to one tenant:
+    v_problem_counts, v_ttr_days, v_activity_hourly, v_recent_activity, v_fix_ranking (the
+    tenant's own rows; not the all-tenants '*' fallback rows). The two all-tenant views are
+    rebuilt from per-tenant sources: v_fix_success from int_fix_outcomes (per tenant x problem x
+    fix), v_env_diversity from the raw table (a scan of the tenant's findings, ~ its history).
+    A view whose source is missing (a failed build) is skipped, never an error: the next build
+    makes it. Returns the number of views made.
+-#}
+{% macro create_tenant_views_function(schema) %}
+    create or replace function {{ schema }}.refresh_tenant_views() returns integer
+    language plpgsql set search_path = pg_catalog, pg_temp as $refresh$
+    declare
+        r record;
+        v text;
+        made integer := 0;
+        filtered constant text[] := array['v_problem_counts', 'v_ttr_days', 'v_activity_hourly',
+                                          'v_recent_activity', 'v_fix_ranking'];
+    begin
+        for r in select tenant_id, role_name, schema_name from {{ schema }}.tenant_reader order by tenant_id loop
+            execute format('create schema if not exists %I', r.schema_name);
+            execute format('revoke all on schema %I from public', r.schema_name);
+            foreach v in array filtered loop
+                execute format('drop view if exists %I.%I', r.schema_name, v);
+                if to_regclass(format('{{ schema }}.%I', v)) is not null then
+                    execute format('create view %I.%I as select * from {{ schema }}.%I where tenant_id = %L',
+                                   r.schema_name, v, v, r.tenant_id);
+                    made := made + 1;
+                end if;
+            end loop;
+            execute format('drop view if exists %I.v_fix_success', r.schema_name);
+            if to_regclass('{{ schema }}.int_fix_outcomes') is not null then
+                execute format($view$
+                    create view %I.v_fix_success as
+                    select
+                        problem_code,
+                        fix_suggestion,
+                        sum(confidence_sum) / nullif(sum(confidence_count), 0)::double precision as avg_confidence,
+                        sum(successes)::bigint as successful_fixes,
+                        sum(attempts)::bigint as total_attempts,
+                        max(last_success) as last_success
+                    from {{ schema }}.int_fix_outcomes
+                    where tenant_id = %L
+                    group by 1, 2
+                $view$, r.schema_name, r.tenant_id);
+                made := made + 1;
+            end if;
+            execute format('drop view if exists %I.v_env_diversity', r.schema_name);
+            execute format($view$
+                create view %I.v_env_diversity as
+                select
+                    problem_code,
+                    count(distinct environment) as environment_combos,
+                    min(ts) as first_seen,
+                    max(ts) as last_seen
+                from {{ schema }}.diag_run
+                where tenant_id = %L and problem_code is not null
+                group by 1
+            $view$, r.schema_name, r.tenant_id);
+            made := made + 1;
+            if exists (select from pg_roles where rolname = r.role_name) then
+                execute format('grant usage on schema %I to %I', r.schema_name, r.role_name);
+                execute format('grant select on all tables in schema %I to %I', r.schema_name, r.role_name);
+            end if;
+        end loop;
+        return made;
+    end
+    $refresh$;
+    revoke all on function {{ schema }}.refresh_tenant_views() from public;
+{% endmacro %}
+
+
+{#- on-run-end: the tenants' views, which the build dropped with the public views they read. -#}
+{% macro refresh_tenant_views() %}
+    do $refresh$
+    begin
+        if to_regprocedure('devdiag.refresh_tenant_views()') is not null then
+            perform devdiag.refresh_tenant_views();
+        end if;
+    end
+    $refresh$;
 {% endmacro %}
 
 

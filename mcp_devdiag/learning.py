@@ -225,7 +225,8 @@ class Learner:
     def _query(self, conn: psycopg.Connection, params: dict) -> list[tuple]:
         if time.monotonic() >= self._view_retry_at:
             try:
-                rows = self._from_view(conn, params)
+                with conn.transaction():  # a savepoint: a missing view must not abort the caller's transaction
+                    rows = self._from_view(conn, params)
                 if rows is not None:
                     self.last_path = "view"
                     return rows

@@ -25,17 +25,19 @@ from typing import Literal
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from devdiag_db.db import DatabaseUnavailable, explain, tenant_transaction
 from mcp_devdiag.settings import DatabaseTarget
 from mcp_devdiag.spool import Outcome, ReplayReport, Spool, SpoolFull
 from mcp_devdiag.writer import RunRow, write_runs
-from orchestrator.db import DatabaseUnavailable, explain
 
 log = logging.getLogger(__name__)
 
 Destination = Literal["database", "spool", "dropped"]
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
-POOL_MAX = 4
+# Grown on demand from one: a laptop server uses one or two; `devdiag serve` runs 40 tool threads a
+# worker, and 4 connections made them queue (114 -> 149 calls/s with one worker, benchmarks/serve.py).
+POOL_MAX = 12
 STATEMENT_TIMEOUT_MS = 10_000
 # Errors that mean "not usable right now" rather than "this row is wrong".
 _AWAY = (
@@ -46,6 +48,12 @@ _AWAY = (
     psycopg.errors.InvalidSchemaName,
     PoolTimeout,
 )
+
+
+@dataclass(frozen=True)
+class Session:
+    conn: psycopg.Connection
+    replayed: int = 0  # spooled rows written before the call's own work
 
 
 @dataclass(frozen=True)
@@ -152,8 +160,11 @@ class Recorder:
         self._backoff = BACKOFF_START_S
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator[psycopg.Connection]:
-        """A pooled autocommit connection; DatabaseUnavailable (fast while the breaker is open) if none."""
+    def connection(self, deadline: float | None = None) -> Iterator[psycopg.Connection]:
+        """A pooled autocommit connection; DatabaseUnavailable (fast while the breaker is open) if none.
+
+        It belongs to no tenant: the server's role sees no row through it outside ``session``.
+        """
         if self.down_reason is not None:
             raise DatabaseUnavailable(self._down_reason)
         try:
@@ -161,7 +172,9 @@ class Recorder:
                 if self._pool is None:
                     self._pool = self._open_pool()
                 pool = self._pool
-            with pool.connection(timeout=self.connect_timeout) as conn:
+            left = None if deadline is None else deadline - time.monotonic()
+            wait = self.connect_timeout if left is None else max(min(self.connect_timeout, left), 0.05)
+            with pool.connection(timeout=wait) as conn:
                 yield conn
         except _AWAY as error:
             reason = _reason(error, self.target)
@@ -171,6 +184,18 @@ class Recorder:
             self._trip(str(error))
             raise
         self._healthy()
+
+    @contextlib.contextmanager
+    def session(self, tenant: str, deadline: float | None = None, *, replay: bool = False) -> Iterator[Session]:
+        """One tool call's database work: a transaction in which row-level security shows ``tenant``'s
+        rows only, its statements cut off at ``deadline``. With ``replay``, the spool is replayed first,
+        in transactions of its own (a replayed row is committed whatever the call does next)."""
+        with self.connection(deadline) as conn:
+            replayed = self.replay(conn) if replay else None
+            left_ms = None if deadline is None else int((deadline - time.monotonic()) * 1000)
+            timeout = left_ms if left_ms is not None and left_ms < STATEMENT_TIMEOUT_MS else None
+            with tenant_transaction(conn, tenant, statement_timeout_ms=timeout):
+                yield Session(conn, replayed.rows_inserted if replayed else 0)
 
     def close(self) -> None:
         with self._lock:
@@ -194,16 +219,16 @@ class Recorder:
             return None
 
     def write(self, rows: list[RunRow]) -> WriteResult:
-        """Write the rows of one run (one transaction), or spool them. Loses nothing and never raises
-        for the database: away, the rows go to the spool."""
+        """Write the rows of one run (one transaction, the spool replayed first), or spool them.
+        Loses nothing and never raises for the database: away, the rows go to the spool."""
         try:
-            with self.connection() as conn:
-                return self.write_on(conn, rows)
+            with self.session(rows[0].tenant_id, replay=True) as session:
+                return self.write_on(session, rows)
         except DatabaseUnavailable as error:
             return self.spool_rows(rows, str(error))
 
-    def write_on(self, conn: psycopg.Connection, rows: list[RunRow]) -> WriteResult:
-        """Replay the spool, then write the run, on a connection from ``connection()``.
+    def write_on(self, session: Session, rows: list[RunRow]) -> WriteResult:
+        """Write the run in a ``session`` of its tenant.
 
         A database away propagates (``connection()`` turns it into DatabaseUnavailable; spool
         then). A database that refuses the rows, which the writer's validation should make
@@ -211,15 +236,14 @@ class Recorder:
         """
         for row in rows:
             row.validate()
-        replayed = self.replay(conn)
         try:
-            write_runs(conn, rows)
+            write_runs(session.conn, rows)
         except _AWAY:
             raise
         except psycopg.Error as error:
             log.error("the database refused a run (%s): spooled", _first_line(error))
             return self.spool_rows(rows, f"the database refused it: {_first_line(error)}")
-        return WriteResult("database", replayed=replayed.rows_inserted if replayed else 0)
+        return WriteResult("database", replayed=session.replayed)
 
     def spool_rows(self, rows: list[RunRow], reason: str) -> WriteResult:
         return self._spool(lambda: self.spool.append_rows(rows), reason)

@@ -14,22 +14,28 @@ import logging
 import os
 import random
 import sys
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from mcp.server import MCPServer
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.auth.provider import TokenVerifier
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp_types import ToolAnnotations
-from pydantic import Field
+from pydantic import Field, ValidationError
 
-from mcp_devdiag import classifier
+from devdiag_db.config import distribution_name
+from devdiag_db.db import DatabaseUnavailable
+from mcp_devdiag import classifier, stdio
 from mcp_devdiag.catalog import Catalog, load_catalog
 from mcp_devdiag.recorder import Recorder
 from mcp_devdiag.results import DiagnoseResult, OutcomeResult, ProblemList, RecentResult, SuggestResult
 from mcp_devdiag.service import DevDiag
 from mcp_devdiag.settings import ConfigError, ServerSettings, load
 from mcp_devdiag.spool import Spool
-from orchestrator.db import DatabaseUnavailable
 
 log = logging.getLogger("mcp_devdiag")
+TENANT_CLAIM = "tenant"  # the AccessToken claim that carries the caller's tenant (HTTP)
 
 INSTRUCTIONS = """\
 DevDiag diagnoses developer errors (browser, backend, Python, Node, Git, Docker, OS) and learns which fixes work \
@@ -40,9 +46,32 @@ if it did not, 'manual' if something else solved it. That outcome is what makes 
 
 def version() -> str:
     try:
-        return importlib.metadata.version("mcp-devdiag")
+        return importlib.metadata.version(distribution_name())
     except importlib.metadata.PackageNotFoundError:  # running from a source tree that is not installed
         return "0+unknown"
+
+
+class DevDiagServer(MCPServer):
+    """The SDK's server, with arguments that fail validation answered in one line a model can act on."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as error:
+            cause = error.__cause__
+            if isinstance(error, UnexpectedToolError) or not isinstance(cause, ValidationError):
+                raise
+            raise ToolError(f"Error executing tool {name}: {invalid_arguments(cause)}") from cause
+
+
+def invalid_arguments(error: ValidationError) -> str:
+    """pydantic's multi-line report as one line: each bad argument and what it should be (never its value)."""
+    problems = [
+        f"{'.'.join(str(part) for part in item['loc']) or 'arguments'}: {item['msg'].rstrip('.')}"
+        for item in error.errors(include_url=False, include_input=False)
+    ]
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    return "invalid arguments: " + "; ".join(problems[:3]) + more + "; see the tool's input schema"
 
 
 def build_server(
@@ -51,12 +80,35 @@ def build_server(
     recorder: Recorder | None = None,
     catalog: Catalog | None = None,
     rng: random.Random | None = None,
+    token_verifier: TokenVerifier | None = None,
+    auth: AuthSettings | None = None,
 ) -> tuple[MCPServer, DevDiag]:
-    """The server and the service behind it (tests keep the service to close its pool)."""
+    """The server and the service behind it (tests keep the service to close its pool).
+
+    ``token_verifier`` and ``auth`` are for HTTP (mcp_devdiag.http): the SDK then refuses a request
+    without a valid bearer token before any tool runs. stdio passes neither.
+    """
+
+    def tenant() -> str | None:
+        """The caller's tenant: from its token when served over HTTP (never from an argument); None on
+        stdio, where the configured tenant applies."""
+        token = get_access_token()
+        claimed = (token.claims or {}).get(TENANT_CLAIM) if token is not None else None
+        if settings.tenant_from_token and not claimed:
+            raise ToolError("this server takes the tenant from a token: send Authorization: Bearer ddg_...")
+        return claimed
+
     spool = Spool(settings.spool_dir, settings.spool_max_bytes)
     recorder = recorder or Recorder(settings.database, spool, connect_timeout=settings.connect_timeout_s)
     app = DevDiag(settings, recorder, catalog or load_catalog(), rng=rng)
-    server = MCPServer("devdiag", title="DevDiag", instructions=INSTRUCTIONS, version=version())
+    server = DevDiagServer(
+        "devdiag",
+        title="DevDiag",
+        instructions=INSTRUCTIONS,
+        version=version(),
+        token_verifier=token_verifier,
+        auth=auth,
+    )
 
     @server.tool(
         annotations=ToolAnnotations(
@@ -100,7 +152,7 @@ def build_server(
         each with a learned confidence, and a run_id. Present the suggested fix first; once the user
         has tried it, call record_outcome with that run_id.
         """
-        return app.diagnose(error_text=error_text, url=url, logs=logs, context=context, origin=origin)
+        return app.diagnose(error_text=error_text, url=url, logs=logs, context=context, origin=origin, tenant=tenant())
 
     @server.tool(
         annotations=ToolAnnotations(
@@ -136,7 +188,9 @@ def build_server(
         Call this after the user tried a fix from diagnose: give the run_id (or one finding_id) and
         the resolution. Recording the same outcome again changes nothing.
         """
-        return app.record_outcome(resolution=resolution, run_id=run_id, finding_id=finding_id, fix_id=fix_id)
+        return app.record_outcome(
+            resolution=resolution, run_id=run_id, finding_id=finding_id, fix_id=fix_id, tenant=tenant()
+        )
 
     @server.tool(
         annotations=ToolAnnotations(
@@ -152,7 +206,7 @@ def build_server(
         alternatives after a fix failed. Uses this team's outcomes, then all teams', then the
         catalog's prior confidence.
         """
-        return app.suggest_fixes(problem_code)
+        return app.suggest_fixes(problem_code, tenant=tenant())
 
     @server.tool(
         annotations=ToolAnnotations(
@@ -184,7 +238,7 @@ def build_server(
 
         Call this when the user asks what keeps breaking, or before a retro or an on-call handover.
         """
-        return app.recent_problems(days, limit)
+        return app.recent_problems(days, limit, tenant=tenant())
 
     return server, app
 
@@ -208,7 +262,7 @@ def _start_embedded(settings: ServerSettings) -> None:
         return
     import click
 
-    from orchestrator import embedded
+    from devdiag_db import embedded
 
     try:
         embedded.start()
@@ -257,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(code)
     classifier.classify("warm-up")  # compile the catalog's patterns before the first call waits on them
     try:
-        server.run("stdio")
+        stdio.run(server)  # answers malformed lines instead of dropping them
     finally:
         app.recorder.close()
 

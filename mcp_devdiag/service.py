@@ -1,13 +1,17 @@
 """What the tools do, without the MCP wiring: diagnose, record outcomes, suggest, list, report.
 
 Input hygiene, in this order, before anything is classified, stored or returned: NUL bytes are
-removed and lone surrogates (invalid UTF-8 that arrived as JSON escapes) become U+FFFD; input
-over ``HARD_INPUT_LIMIT`` is refused; secrets are masked in the whole text (``redaction.redact``),
-then input beyond ``classifier.MAX_INPUT_CHARS`` is cut to its head and tail (errors sit at the end
-of a log), so a cut never splits a secret; stored error text is capped at 4,000 characters.
-Text is only ever a query parameter or COPY data, never SQL. A failure that is the caller's to fix
-raises ``ToolError`` with one line saying what to pass instead; nothing is written before every
-check has passed, and the rows of a run are written in one transaction (never half a run).
+removed and lone surrogates (invalid UTF-8 that arrived as JSON escapes) become U+FFFD; input over
+``HARD_INPUT_LIMIT`` (every argument counted, the URL and origin too) is refused; then only what is
+kept is redacted: input beyond ``classifier.MAX_INPUT_CHARS`` is cut to its head and tail (errors sit
+at the end of a log), each redacted with a margin of whole lines before the final cut, so a cut never
+splits a secret and a megabyte costs what a tenth of it does. Stored error text is capped at 4,000
+characters. Text is only ever a query parameter or COPY data, never SQL. A failure that is the
+caller's to fix raises ``ToolError`` with one line saying what to pass instead; nothing is written
+before every check has passed, and the rows of a run are written in one transaction (never half a run).
+
+Every call has a time budget (``ServerSettings.call_budget_s``): the URL probe gets what is left of it,
+and each database statement of the call is cut off by ``statement_timeout`` when the budget is spent.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -22,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from mcp.server.mcpserver.exceptions import ToolError
 
+from devdiag_db.db import DatabaseUnavailable
 from mcp_devdiag import classifier, probes, writer
 from mcp_devdiag.catalog import Catalog, Problem
 from mcp_devdiag.ids import uuid7
@@ -45,15 +51,18 @@ from mcp_devdiag.results import (
 from mcp_devdiag.settings import ServerSettings
 from mcp_devdiag.spool import Outcome
 from mcp_devdiag.writer import ERROR_MSG_CAP, RunRow
-from orchestrator.db import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
 _SURROGATES = re.compile(r"[\ud800-\udfff]")
 _CUT = "\n[... {n:,} characters cut ...]\n"
 _ORIGIN_IN_TEXT = re.compile(r"from origin '(https?://[^'\s]+)'", re.IGNORECASE)
-# Above this the input is refused rather than cut: masking secrets costs ~1 s a million characters.
+# Above this the input is refused rather than cut (every argument counted, URL and origin too).
 HARD_INPUT_LIMIT = 10 * classifier.MAX_INPUT_CHARS
+# How far past a cut the redacted pieces reach: more than any one-line secret is long.
+_MARGIN = 4_096
+# Budget kept back from the probe for the database work that follows it.
+_DB_RESERVE_S = 1.0
 _VIEW_UNUSABLE = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn, psycopg.errors.InsufficientPrivilege)
 
 
@@ -75,6 +84,47 @@ def head_tail(text: str, limit: int) -> tuple[str, bool]:
     return text[:head] + marker + text[len(text) - (keep - head) :], True
 
 
+def redacted_head_tail(text: str, limit: int) -> tuple[str, bool]:
+    """``redact(text)`` within ``limit`` characters, head and tail, redacting only what can be kept.
+
+    Each piece reaches ``_MARGIN`` characters past the final cut (to a line end when one is near),
+    and the tail piece starts no later than an unterminated private key block before it, so every
+    secret that the kept text touches is masked whole before the cut.
+    """
+    if len(text) <= limit:
+        return redact(text), False
+    marker = _CUT.format(n=len(text) - limit)
+    keep = max(limit - len(marker), 0)
+    head_len, tail_len = keep // 5, keep - keep // 5
+    head_end = _line_end(text, head_len + _MARGIN)
+    tail_start = _line_start(text, len(text) - tail_len - _MARGIN)
+    if tail_start <= head_end:  # the pieces meet: redacting it all costs no more
+        return head_tail(redact(text), limit)
+    begin = text.rfind("-----BEGIN ", 0, tail_start)
+    if begin != -1 and "-----END " not in text[begin:tail_start]:
+        tail_start = begin
+    head, tail = redact(text[:head_end]), redact(text[tail_start:])
+    return head[:head_len] + marker + tail[len(tail) - min(tail_len, len(tail)) :], True
+
+
+def _line_end(text: str, at: int) -> int:
+    end = text.find("\n", at, at + _MARGIN)
+    return min(len(text), at + _MARGIN if end == -1 else end)
+
+
+def _line_start(text: str, at: int) -> int:
+    at = max(at, 0)
+    start = text.rfind("\n", max(0, at - _MARGIN), at)
+    return max(0, at - _MARGIN if start == -1 else start + 1)
+
+
+def echo(value: str, limit: int) -> str:
+    """An argument quoted back in an error message: redacted whole, then cut; a long paste is not quoted."""
+    if len(value) > 4 * limit:
+        return f"({len(value):,} characters)"
+    return repr(redact(value)[:limit])
+
+
 def _suggestion(score: FixScore) -> FixSuggestion:
     return FixSuggestion(
         id=score.fix.id,
@@ -90,7 +140,7 @@ def _uuid(name: str, value: str) -> uuid.UUID:
     try:
         return uuid.UUID(value.strip())
     except (ValueError, AttributeError):
-        raise ToolError(f"{name} {value[:60]!r} is not a UUID: pass the {name} that diagnose returned") from None
+        raise ToolError(f"{name} {echo(value, 60)} is not a UUID: pass the {name} that diagnose returned") from None
 
 
 class DevDiag:
@@ -108,6 +158,9 @@ class DevDiag:
         self.learner = Learner(catalog)
         self.rng = rng or random.Random()
 
+    def _deadline(self) -> float:
+        return time.monotonic() + self.settings.call_budget_s
+
     # --- diagnose ---------------------------------------------------------------------------------
 
     def diagnose(
@@ -117,21 +170,24 @@ class DevDiag:
         logs: str | None = None,
         context: str | None = None,
         origin: str | None = None,
+        *,
+        tenant: str | None = None,
     ) -> DiagnoseResult:
-        error_text, logs, context, url, origin = map(clean, (error_text, logs, context, url, origin))
-        if not (error_text or logs or context or url):
-            raise ToolError("nothing to diagnose: pass error_text (the error as pasted), logs, context or url")
-        size = sum(len(t) for t in (error_text, logs, context) if t)
+        """``tenant``: the caller's (from its token); the configured tenant when None."""
+        tenant = tenant or self.settings.tenant
+        deadline = self._deadline()
+        size = sum(len(t) for t in (error_text, logs, context, url, origin) if isinstance(t, str))
         if size > HARD_INPUT_LIMIT:
             raise ToolError(
                 f"input is {size:,} characters, more than {HARD_INPUT_LIMIT:,}: pass the error and the log lines "
                 "around it, not the whole log"
             )
-        # Mask secrets in the whole text before any cut, so that a cut never splits a secret.
-        error_text, logs, context = (redact(t) if t else None for t in (error_text, logs, context))
+        raw_text, raw_logs, raw_context, url, origin = map(clean, (error_text, logs, context, url, origin))
+        if not (raw_text or raw_logs or raw_context or url):
+            raise ToolError("nothing to diagnose: pass error_text (the error as pasted), logs, context or url")
         notes: list[str] = []
-        text, truncated = head_tail(
-            "\n\n".join(t for t in (error_text, logs, context) if t), classifier.MAX_INPUT_CHARS
+        text, truncated = redacted_head_tail(
+            "\n\n".join(t for t in (raw_text, raw_logs, raw_context) if t), classifier.MAX_INPUT_CHARS
         )
         if truncated:
             notes.append(
@@ -140,27 +196,27 @@ class DevDiag:
         found: dict[str, list[str]] = {}
         for finding in classifier.classify(text, self.catalog):
             found.setdefault(finding.code, []).append(redact(finding.evidence))
-        probe = self._probe(url, origin or self._origin_in(text), found, notes) if url else None
-        if url and probe is not None and probe.status == "refused" and not (error_text or logs or context):
+        probe = self._probe(url, origin or self._origin_in(text), found, notes, deadline) if url else None
+        if url and probe is not None and probe.status == "refused" and not (raw_text or raw_logs or raw_context):
             raise ToolError(f"probe refused: {probe.detail}")
 
         now = datetime.now(UTC)
         run_id = uuid7(now)
-        stored, cut = self._stored_text(error_text or logs)
+        stored, cut = self._stored_text(raw_text or raw_logs)
         if cut:
             notes.append(f"stored error text cut to {ERROR_MSG_CAP:,} characters")
         codes = list(found)
         built: tuple[list[Finding], list[RunRow]] | None = None
         # One connection for the ranking read and the write: the fewest round trips per call.
         try:
-            with self.recorder.connection() as conn:
-                scores = self.learner.scores(conn, self.settings.tenant, codes) if codes else {}
-                built = self._build(run_id, now, codes, scores, found, stored, notes)
-                written = self.recorder.write_on(conn, built[1])
+            with self.recorder.session(tenant, deadline, replay=True) as session:
+                scores = self.learner.scores(session.conn, tenant, codes) if codes else {}
+                built = self._build(tenant, run_id, now, codes, scores, found, stored, notes)
+                written = self.recorder.write_on(session, built[1])
         except DatabaseUnavailable as error:
             if built is None:
                 notes.append(f"ranking from catalog priors only: {error}")
-                built = self._build(run_id, now, codes, self.learner.priors(codes), found, stored, notes)
+                built = self._build(tenant, run_id, now, codes, self.learner.priors(codes), found, stored, notes)
             written = self.recorder.spool_rows(built[1], str(error))
         findings = built[0]
         if written.detail:
@@ -169,7 +225,7 @@ class DevDiag:
             notes.append(f"{written.replayed} spooled rows from earlier runs were written to the database first")
         return DiagnoseResult(
             run_id=str(run_id),
-            tenant=self.settings.tenant,
+            tenant=tenant,
             environment=self.settings.environment,
             findings=findings,
             probe=probe,
@@ -180,6 +236,7 @@ class DevDiag:
 
     def _build(
         self,
+        tenant: str,
         run_id: uuid.UUID,
         now: datetime,
         codes: list[str],
@@ -201,7 +258,7 @@ class DevDiag:
                     id=finding_id,
                     run_id=run_id,
                     ts=now,
-                    tenant_id=self.settings.tenant,
+                    tenant_id=tenant,
                     environment=self.settings.environment,
                     problem_code=code,
                     fix_suggestion=first.fix.id if first else None,
@@ -227,7 +284,7 @@ class DevDiag:
                     id=uuid7(now),
                     run_id=run_id,
                     ts=now,
-                    tenant_id=self.settings.tenant,
+                    tenant_id=tenant,
                     environment=self.settings.environment,
                     error_msg=stored,
                 )
@@ -241,15 +298,18 @@ class DevDiag:
 
     @staticmethod
     def _stored_text(text: str | None) -> tuple[str | None, bool]:
-        """The error text to store (already redacted), head and tail within the contract's cap."""
+        """The error text to store, redacted, head and tail within the contract's cap."""
         if text is None:
             return None, False
-        return head_tail(text, ERROR_MSG_CAP)
+        return redacted_head_tail(text, ERROR_MSG_CAP)
 
-    def _probe(self, url: str, origin: str | None, found: dict[str, list[str]], notes: list[str]) -> ProbeSummary:
+    def _probe(
+        self, url: str, origin: str | None, found: dict[str, list[str]], notes: list[str], deadline: float
+    ) -> ProbeSummary:
         shown = redact(url)
+        timeout = min(self.settings.probe_timeout_s, max(deadline - time.monotonic() - _DB_RESERVE_S, 0.1))
         try:
-            report = probes.probe(url, self.settings.allow_probes, timeout=self.settings.probe_timeout_s, origin=origin)
+            report = probes.probe(url, self.settings.allow_probes, timeout=timeout, origin=origin)
         except probes.ProbeRefused as refused:
             notes.append(f"URL not probed: {refused}")
             return ProbeSummary(url=shown, status="refused", detail=str(refused))
@@ -264,12 +324,12 @@ class DevDiag:
             checks=[ProbeCheck(name=c.name, status=c.status, detail=redact(c.detail)) for c in report.checks],
         )
 
-    def _scores(self, codes: Sequence[str]) -> tuple[dict[str, list[FixScore]], str | None]:
+    def _scores(self, tenant: str, codes: Sequence[str]) -> tuple[dict[str, list[FixScore]], str | None]:
         if not codes:
             return {}, None
         try:
-            with self.recorder.connection() as conn:
-                return self.learner.scores(conn, self.settings.tenant, codes), None
+            with self.recorder.session(tenant, self._deadline()) as session:
+                return self.learner.scores(session.conn, tenant, codes), None
         except DatabaseUnavailable as error:
             return self.learner.priors(codes), f"ranking from catalog priors only: {error}"
 
@@ -294,24 +354,26 @@ class DevDiag:
         run_id: str | None = None,
         finding_id: str | None = None,
         fix_id: str | None = None,
+        *,
+        tenant: str | None = None,
     ) -> OutcomeResult:
+        tenant = tenant or self.settings.tenant
         run_id, finding_id, fix_id = clean(run_id), clean(finding_id), clean(fix_id)
         if (run_id is None) == (finding_id is None):
             raise ToolError("give exactly one of run_id (every problem of a run) or finding_id (one problem)")
         if resolution not in ("fixed", "manual", "failed"):
-            raise ToolError(f"resolution {resolution[:40]!r} is not valid: use fixed, manual or failed")
+            raise ToolError(f"resolution {echo(resolution, 40)} is not valid: use fixed, manual or failed")
         key, target = ("run_id", _uuid("run_id", run_id)) if run_id else ("finding_id", _uuid("finding_id", finding_id))
         if fix_id is not None:
             fix_id = fix_id.strip()
             if fix_id not in {f.id for p in self.catalog for f in p.fixes}:
-                raise ToolError(f"unknown fix_id {fix_id[:80]!r}: pass a fix id from the diagnose result")
+                raise ToolError(f"unknown fix_id {echo(fix_id, 80)}: pass a fix id from the diagnose result")
         at = datetime.now(UTC)
         try:
-            with self.recorder.connection() as conn:
-                self.recorder.replay(conn)
-                return self._record(conn, key, target, resolution, fix_id, at)
+            with self.recorder.session(tenant, self._deadline(), replay=True) as session:
+                return self._record(session.conn, tenant, key, target, resolution, fix_id, at)
         except DatabaseUnavailable as error:
-            outcome = Outcome(resolution=resolution, at=at, fix_id=fix_id, **{key: str(target)})
+            outcome = Outcome(resolution=resolution, at=at, fix_id=fix_id, tenant=tenant, **{key: str(target)})
             written = self.recorder.spool_outcome(outcome, str(error))
             return OutcomeResult(
                 recorded=written.recorded,
@@ -321,11 +383,22 @@ class DevDiag:
             )
 
     def _record(
-        self, conn: psycopg.Connection, key: str, target: uuid.UUID, resolution: str, fix_id: str | None, at: datetime
+        self,
+        conn: psycopg.Connection,
+        tenant: str,
+        key: str,
+        target: uuid.UUID,
+        resolution: str,
+        fix_id: str | None,
+        at: datetime,
     ) -> OutcomeResult:
         column = "run_id" if key == "run_id" else "id"
-        select = f"select id, problem_code, fix_suggestion from devdiag.diag_run where {column} = %s order by id"
-        rows = conn.execute(select, (target,)).fetchall()
+        # Another tenant's run is "unknown" too: the answer does not tell whether it exists.
+        select = (
+            f"select id, problem_code, fix_suggestion from devdiag.diag_run where {column} = %s and tenant_id = %s"
+            " order by id"
+        )
+        rows = conn.execute(select, (target, tenant)).fetchall()
         if not rows:
             raise ToolError(f"unknown {key} {target}: no run has it; pass the {key} that diagnose returned")
         problems = [r for r in rows if r[1] is not None]
@@ -348,6 +421,7 @@ class DevDiag:
             resolution=resolution,
             fix_id=fix_id,
             at=at,
+            tenant=tenant,
         )
         ids = [r[0] for r in problems]
         after = conn.execute(
@@ -355,7 +429,7 @@ class DevDiag:
             (ids,),
         ).fetchall()
         codes = [r[1] for r in after]
-        learned = self.learner.scores(conn, self.settings.tenant, [c for c in codes if c in self.catalog.problems])
+        learned = self.learner.scores(conn, tenant, [c for c in codes if c in self.catalog.problems])
         confidence = {(s.problem_code, s.fix.id): s.confidence for scores in learned.values() for s in scores}
         notes = []
         if updated == 0:
@@ -382,13 +456,13 @@ class DevDiag:
     def problem(self, code: str) -> Problem:
         normalized = (clean(code) or "").strip().upper()
         if normalized not in self.catalog.problems:
-            raise ToolError(f"unknown problem code {code[:60]!r}: call list_problems for the codes")
+            raise ToolError(f"unknown problem code {echo(code, 60)}: call list_problems for the codes")
         return self.catalog.problem(normalized)
 
-    def suggest_fixes(self, problem_code: str) -> SuggestResult:
+    def suggest_fixes(self, problem_code: str, *, tenant: str | None = None) -> SuggestResult:
         problem = self.problem(problem_code)
         notes: list[str] = []
-        scores, note = self._scores([problem.code])
+        scores, note = self._scores(tenant or self.settings.tenant, [problem.code])
         if note:
             notes.append(note)
         order = ranked(scores[problem.code])
@@ -408,7 +482,7 @@ class DevDiag:
         problems = [p for p in self.catalog if wanted is None or p.category == wanted]
         if wanted and not problems:
             categories = ", ".join(sorted({p.category for p in self.catalog}))
-            raise ToolError(f"unknown category {category[:40]!r}: use one of {categories}")
+            raise ToolError(f"unknown category {echo(category, 40)}: use one of {categories}")
         return ProblemList(
             problems=[
                 CatalogProblem(
@@ -422,12 +496,12 @@ class DevDiag:
             ]
         )
 
-    def recent_problems(self, days: int = 7, limit: int = 10) -> RecentResult:
-        tenant = self.settings.tenant
+    def recent_problems(self, days: int = 7, limit: int = 10, *, tenant: str | None = None) -> RecentResult:
+        tenant = tenant or self.settings.tenant
         notes: list[str] = []
         try:
-            with self.recorder.connection() as conn:
-                rows, note = self._recent(conn, tenant, days, limit)
+            with self.recorder.session(tenant, self._deadline()) as session:
+                rows, note = self._recent(session.conn, tenant, days, limit)
         except DatabaseUnavailable as error:
             return RecentResult(tenant=tenant, days=days, problems=[], notes=[f"no data: {error}"])
         if note:
@@ -457,7 +531,8 @@ class DevDiag:
             group by problem_code order by 2 desc, 1 limit %(limit)s
         """
         try:
-            return conn.execute(view, params).fetchall(), "counts as of the last `devdiag build`"
+            with conn.transaction():  # a savepoint: a missing view must not abort the call's transaction
+                return conn.execute(view, params).fetchall(), "counts as of the last `devdiag build`"
         except _VIEW_UNUSABLE:
             pass  # before the first build, or without SELECT on the view: count the raw rows
         raw = """

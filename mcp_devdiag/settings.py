@@ -13,6 +13,7 @@ server exits 2 (``main``) so that the editor shows the reason rather than a dead
 | ``DEVDIAG_SPOOL_DIR`` | where runs wait while the database is away | ``$DEVDIAG_HOME/spool`` |
 | ``DEVDIAG_SPOOL_MAX_MB`` | spool bound | 64 |
 | ``DEVDIAG_CONNECT_TIMEOUT`` | seconds to wait for the database inside a tool call | 2 |
+| ``DEVDIAG_CALL_BUDGET`` | seconds one tool call may take in all (probe and database work) | 10 |
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ from pathlib import Path
 
 import click
 
+from devdiag_db.config import ConnectionSettings, devdiag_home, external_settings
+from devdiag_db.db import DatabaseUnavailable
 from mcp_devdiag import environment
 from mcp_devdiag.probes import AllowList
-from orchestrator.config import ConnectionSettings, devdiag_home, external_settings
-from orchestrator.db import DatabaseUnavailable
 
 DEFAULT_TENANT = "default"
-_TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:/-]{0,199}$")
+TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:/-]{0,199}$")
 
 
 class ConfigError(Exception):
@@ -52,7 +53,7 @@ class DatabaseTarget:
         """Connection settings now; the embedded server's socket and port are read when asked."""
         if self.external is not None:
             return self.external
-        from orchestrator import embedded
+        from devdiag_db import embedded
 
         try:
             return embedded.settings(start=False)
@@ -73,6 +74,8 @@ class ServerSettings:
     allow_probes: AllowList = field(default_factory=AllowList)
     probe_timeout_s: float = 5.0
     connect_timeout_s: float = 2.0
+    call_budget_s: float = 10.0
+    tenant_from_token: bool = False  # served over HTTP: every call's tenant comes from its token
 
 
 def _number(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
@@ -90,7 +93,7 @@ def _number(env: Mapping[str, str], name: str, default: float, low: float, high:
 
 def tenant_from(env: Mapping[str, str]) -> str:
     tenant = env.get("DEVDIAG_TENANT", "").strip() or DEFAULT_TENANT
-    if not _TENANT_RE.match(tenant):
+    if not TENANT_RE.match(tenant):
         raise ConfigError(
             f"DEVDIAG_TENANT={tenant!r} is not valid: use letters, digits and . _ - @ : / (at most 200), e.g. team-web"
         )
@@ -144,4 +147,5 @@ def load(env: Mapping[str, str] | None = None) -> ServerSettings:
         allow_probes=allow,
         probe_timeout_s=_number(env, "DEVDIAG_PROBE_TIMEOUT", 5.0, 0.1, 120),
         connect_timeout_s=_number(env, "DEVDIAG_CONNECT_TIMEOUT", 2.0, 0.1, 60),
+        call_budget_s=_number(env, "DEVDIAG_CALL_BUDGET", 10.0, 1, 120),
     )

@@ -8,7 +8,13 @@ Layout of the spool directory (``DEVDIAG_SPOOL_DIR``, default ``$DEVDIAG_HOME/sp
   on the renamed file, so appends never race a replay. The file is deleted only after every row
   is committed; a replay cut short leaves it for the next one. Replays are idempotent (rows by
   id, outcomes converge), so replaying a file twice, even from two processes, adds nothing twice;
-- ``rejected.jsonl``: lines that can never load (torn by a crash, or invalid), kept with the reason.
+- ``rejected.jsonl``: lines that can never load (torn by a crash, or invalid), kept with their
+  file, line number and reason. A line is never fatal: whatever it holds (nesting of any depth,
+  huge numbers, invalid UTF-8, lone surrogates, NUL, wrong types, megabytes without a newline) it
+  is rejected alone, and the lines around it load.
+
+Every file is created 0600 and the directory 0700: runs hold error text that may hold secrets
+that redaction missed.
 
 Line format, the same that ``devdiag load`` reads: a run row is ``RunRow.to_json()`` as is; an
 outcome is ``{"outcome": {"run_id" | "finding_id", "resolution", "fix_id", "at"}}``.
@@ -20,6 +26,7 @@ and the caller says so, rather than filling the disk.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -28,11 +35,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 import psycopg
 
-from mcp_devdiag import writer
+from devdiag_db.db import tenant_transaction
+from mcp_devdiag import safejson, writer
 from mcp_devdiag.writer import RunRow
 
 log = logging.getLogger(__name__)
@@ -41,6 +49,12 @@ PENDING = "pending.jsonl"
 REJECTED = "rejected.jsonl"
 LOCK = ".lock"
 REPLAY_BATCH = 5_000
+# A run row is at most ~30 kB (error text capped at 4,000 characters, \u-escaped); a longer line is
+# rejected after reading only this much of it.
+MAX_LINE_BYTES = 1024 * 1024
+MAX_DEPTH = 8  # a row is one level deep, an outcome two
+_KEEP_BYTES = 64 * 1024  # how much of an over-long line rejected.jsonl keeps
+_LABEL_MAX = 200
 
 
 class SpoolFull(Exception):
@@ -56,27 +70,45 @@ class Outcome:
     run_id: str | None = None
     finding_id: str | None = None
     fix_id: str | None = None
+    tenant: str | None = None  # the caller's tenant: a replay changes only that tenant's runs
 
     def to_json(self) -> dict[str, Any]:
         body = {"resolution": self.resolution, "at": self.at.isoformat(), "fix_id": self.fix_id}
         body |= {"run_id": self.run_id} if self.run_id else {"finding_id": self.finding_id}
+        if self.tenant is not None:
+            body["tenant"] = self.tenant
         return {"outcome": body}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Outcome:
         body = data.get("outcome")
-        if not isinstance(body, dict) or set(body) - {"resolution", "at", "fix_id", "run_id", "finding_id"}:
-            raise ValueError("outcome line: expected {'outcome': {run_id|finding_id, resolution, fix_id, at}}")
+        if not isinstance(body, dict) or set(body) - {"resolution", "at", "fix_id", "run_id", "finding_id", "tenant"}:
+            raise ValueError("outcome line: expected {'outcome': {run_id|finding_id, resolution, fix_id, at, tenant}}")
+        at = body.get("at")
         try:
-            at = datetime.fromisoformat(str(body.get("at")))
+            at = datetime.fromisoformat(at) if isinstance(at, str) else None
         except ValueError:
-            raise ValueError(f"outcome line: at {body.get('at')!r} is not an ISO-8601 timestamp") from None
+            at = None
+        if at is None:
+            raise ValueError(f"outcome line: at {_short(body.get('at'))} is not an ISO-8601 timestamp")
+        for name in ("run_id", "finding_id"):
+            value = body.get(name)
+            if value is not None and not _is_uuid(value):
+                raise ValueError(f"outcome line: {name} {_short(value)} is not a UUID")
+        fix_id = body.get("fix_id")
+        if not _is_label(fix_id):
+            raise ValueError(f"outcome line: fix_id {_short(fix_id)} must be a fix id (text of 1 to 200 characters)")
+        tenant = body.get("tenant")
+        if not _is_label(tenant):
+            raise ValueError(f"outcome line: tenant {_short(tenant)} must be a tenant (text of 1 to 200 characters)")
+        resolution = body.get("resolution")
         outcome = cls(
-            resolution=str(body.get("resolution")),
+            resolution=resolution if isinstance(resolution, str) else repr(resolution),
             at=at,
             run_id=body.get("run_id"),
             finding_id=body.get("finding_id"),
-            fix_id=body.get("fix_id"),
+            fix_id=fix_id,
+            tenant=tenant,
         )
         outcome.apply_check()
         return outcome
@@ -97,18 +129,60 @@ class Outcome:
             resolution=self.resolution,
             fix_id=self.fix_id,
             at=self.at,
+            tenant=self.tenant,
         )
 
 
-def parse_line(text: str) -> RunRow | Outcome:
-    """One JSONL line: a run row or an outcome. Raises ValueError naming what is wrong."""
+def _is_label(value: Any) -> bool:
+    """None, or a short text without NUL (an id or a name)."""
+    return value is None or (isinstance(value, str) and 0 < len(value) <= _LABEL_MAX and "\x00" not in value)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({type(value).__name__} of {len(text):,} characters)"
+
+
+def _is_uuid(value: Any) -> bool:
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"not JSON ({error.msg} at column {error.colno})") from None
-    if isinstance(data, dict) and "outcome" in data:
-        return Outcome.from_json(data)
-    return RunRow.from_json(data)
+        uuid.UUID(value)
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return True
+
+
+def parse_line(text: str) -> RunRow | Outcome:
+    """One JSONL line: a run row or an outcome. Raises ValueError naming what is wrong, whatever
+    the line holds (its nesting and numbers are bounded before it is parsed)."""
+    data = safejson.loads(text, max_depth=MAX_DEPTH)
+    if safejson.may_hold_lone_surrogates(text) and (lone := safejson.first_lone_surrogate(data)) is not None:
+        raise ValueError(f"text that is not valid Unicode ({lone!a}): the database cannot store it")
+    try:
+        if isinstance(data, dict) and "outcome" in data:
+            return Outcome.from_json(data)
+        return RunRow.from_json(data)
+    except (TypeError, OverflowError) as error:  # a value of a type the row's checks did not expect
+        raise ValueError(f"a value of the wrong type ({error})") from None
+
+
+def read_lines(fh: BinaryIO, max_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes, int | None]]:
+    """(line number, line, None) for each line of ``fh``; a line longer than ``max_bytes`` comes as
+    (number, its first ``max_bytes``, its full length): the rest is skipped, never held in memory."""
+    number = 0
+    while raw := fh.readline(max_bytes + 1):
+        number += 1
+        if len(raw) <= max_bytes or raw.endswith(b"\n"):
+            yield number, raw, None
+            continue
+        length, rest = len(raw), raw[-1:]
+        while rest and not rest.endswith(b"\n"):
+            rest = fh.readline(1024 * 1024)
+            length += len(rest)
+        yield number, raw[:max_bytes], length - rest.endswith(b"\n")
+
+
+def too_long(length: int, max_bytes: int = MAX_LINE_BYTES) -> str:
+    return f"line of {length:,} bytes, longer than {max_bytes:,}: not a record this program wrote"
 
 
 @dataclass
@@ -263,50 +337,91 @@ class Spool:
         return report
 
     def _replay_file(self, conn: psycopg.Connection, path: Path, report: ReplayReport) -> None:
-        rows: list[RunRow] = []
-        outcomes: list[Outcome] = []
-        with open(path, encoding="utf-8", errors="replace") as fh, self._rejects() as rejects:
-            for number, line in enumerate(fh, start=1):
+        rows: list[tuple[int, RunRow]] = []  # (line number, row)
+        outcomes: list[tuple[int, Outcome]] = []
+        with open(path, "rb") as fh, self._rejects() as rejects:
+            for number, raw, length in read_lines(fh):
+                where = f"{path.name}:{number}"
+                if length is not None:
+                    kept = raw[:_KEEP_BYTES].decode("utf-8", "backslashreplace") + " [... cut]"
+                    self._reject(rejects, report, where, too_long(length), kept)
+                    continue
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as error:  # the spool writes ASCII: this is damage
+                    line = raw.decode("utf-8", "backslashreplace")
+                    self._reject(rejects, report, where, f"not UTF-8 (byte {error.start + 1})", line)
+                    continue
                 if not line.strip():
                     continue
                 try:
                     item = parse_line(line)
                 except ValueError as error:
-                    self._reject(rejects, report, f"{path.name}:{number}", str(error), line)
+                    self._reject(rejects, report, where, str(error), line)
                     continue
                 if isinstance(item, Outcome):
-                    outcomes.append(item)
+                    outcomes.append((number, item))
                 else:
-                    rows.append(item)
+                    rows.append((number, item))
                     if len(rows) >= REPLAY_BATCH:
                         self._write_rows(conn, rows, report, rejects, path.name)
                         rows = []
             self._write_rows(conn, rows, report, rejects, path.name)
             # Outcomes after rows: they update rows that may have been spooled with them.
-            for outcome in outcomes:
+            for number, outcome in outcomes:
                 report.outcomes += 1
-                report.outcomes_applied += outcome.apply(conn)
+                try:
+                    with tenant_transaction(conn, outcome.tenant):
+                        report.outcomes_applied += outcome.apply(conn)
+                except (psycopg.DataError, psycopg.IntegrityError) as error:
+                    line = json.dumps(outcome.to_json()) + "\n"
+                    self._reject(rejects, report, f"{path.name}:{number}", _first_line(error), line)
 
     def _write_rows(
-        self, conn: psycopg.Connection, rows: list[RunRow], report: ReplayReport, rejects: IO[str], name: str
+        self,
+        conn: psycopg.Connection,
+        rows: list[tuple[int, RunRow]],
+        report: ReplayReport,
+        rejects: IO[str],
+        name: str,
     ) -> None:
         if not rows:
             return
         report.rows += len(rows)
+        # A server's spool may hold several tenants' runs: each is written under its own tenant.
+        for tenant, group in itertools.groupby(sorted(rows, key=lambda r: r[1].tenant_id), lambda r: r[1].tenant_id):
+            self._write_tenant_rows(conn, tenant, list(group), report, rejects, name)
+
+    def _write_tenant_rows(
+        self,
+        conn: psycopg.Connection,
+        tenant: str,
+        rows: list[tuple[int, RunRow]],
+        report: ReplayReport,
+        rejects: IO[str],
+        name: str,
+    ) -> None:
         try:
-            report.rows_inserted += writer.write_runs(conn, rows, batch_size=REPLAY_BATCH)
+            with tenant_transaction(conn, tenant):
+                report.rows_inserted += writer.write_runs(conn, [row for _, row in rows], batch_size=REPLAY_BATCH)
         except (psycopg.DataError, psycopg.IntegrityError):
             # One row the database refuses must not hold back the others: write them one by one.
-            for row in rows:
+            for number, row in rows:
                 try:
-                    report.rows_inserted += writer.write_runs(conn, [row])
+                    with tenant_transaction(conn, tenant):
+                        report.rows_inserted += writer.write_runs(conn, [row])
                 except (psycopg.DataError, psycopg.IntegrityError) as error:
-                    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                    self._reject(rejects, report, f"{name}:id {row.id}", first, json.dumps(row.to_json()) + "\n")
+                    line = json.dumps(row.to_json()) + "\n"
+                    reason = f"refused by the database (id {row.id}): {_first_line(error)}"
+                    self._reject(rejects, report, f"{name}:{number}", reason, line)
 
     @contextlib.contextmanager
     def _rejects(self) -> Iterator[IO[str]]:
-        with open(self.directory / REJECTED, "a", encoding="utf-8") as fh:
+        fd = os.open(self.directory / REJECTED, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        if hasattr(os, "fchmod"):  # one made 0644 by an older version: 0600 like the rest
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, 0o600)
+        with open(fd, "a", encoding="utf-8") as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -316,3 +431,8 @@ class Spool:
         report.rejected.append(f"{where}: {reason}")
         rejects.write(json.dumps({"where": where, "reason": reason, "line": line.rstrip("\n")}) + "\n")
         log.warning("spool line rejected (%s): %s", where, reason)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

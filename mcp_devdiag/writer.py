@@ -55,14 +55,21 @@ COLUMNS = (
     "resolved_at",
     "error_msg",
 )
+# A batch this small (a tool call's run) is one INSERT ... unnest: fewer round trips than COPY.
+SMALL_BATCH = 64
 _PG_TYPES = ("uuid", "uuid", "timestamptz", "text", "text", "text", "text", "float8", "text", "timestamptz", "text")
+_INSERT_SMALL = (
+    f"insert into {TABLE} ({', '.join(COLUMNS)}) select * from unnest("
+    + ", ".join(f"%s::{t}[]" for t in _PG_TYPES)
+    + ") on conflict (id) do nothing"
+)
 _CODE_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _TEXT_LIMIT = 200  # tenant, environment, fix id: labels, not prose
 
 
 @dataclass(frozen=True, slots=True)
 class RunRow:
-    """One finding of a diagnostic run, exactly as ``devdiag.diag_run`` stores it (DESIGN.md)."""
+    """One finding of a diagnostic run, exactly as ``devdiag.diag_run`` stores it (docs/architecture.md)."""
 
     id: uuid.UUID
     run_id: uuid.UUID
@@ -234,6 +241,8 @@ def _batches(rows: Iterable[RunRow], size: int) -> Iterator[list[RunRow]]:
 
 
 def _write_batch(conn: psycopg.Connection, batch: list[RunRow]) -> int:
+    if len(batch) <= SMALL_BATCH:
+        return _insert_small(conn, batch)
     with conn.transaction():
         if _after_max_id(conn, batch):
             try:
@@ -252,14 +261,24 @@ def _write_batch(conn: psycopg.Connection, batch: list[RunRow]) -> int:
         return cur.rowcount
 
 
+def _insert_small(conn: psycopg.Connection, batch: list[RunRow]) -> int:
+    """A run's few rows in one statement (one round trip; row-level security applies as to any insert)."""
+    columns = list(zip(*(_values(r) for r in batch), strict=True))
+    with conn.transaction():
+        return conn.execute(_INSERT_SMALL, [list(c) for c in columns]).rowcount
+
+
 def _after_max_id(conn: psycopg.Connection, batch: list[RunRow]) -> bool:
-    """True when no id of the batch can already exist: all are distinct and above max(id)."""
+    """True when the batch may be COPYed straight in: no id of it can already exist (all distinct and
+    above max(id)), and row-level security does not apply to this role (it refuses COPY FROM)."""
     ids = {row.id for row in batch}
     if len(ids) != len(batch):
         return False  # duplicates within the batch: let on-conflict keep the first
     # uuid ordering in PostgreSQL is bytewise, the same as comparing UUID.int.
-    top = conn.execute(f"select id from {TABLE} order by id desc limit 1").fetchone()
-    return top is None or min(ids).int > top[0].int
+    secured, top = conn.execute(
+        f"select row_security_active(%s), (select id from {TABLE} order by id desc limit 1)", (TABLE,)
+    ).fetchone()
+    return not secured and (top is None or min(ids).int > top.int)
 
 
 def _ensure_stage(conn: psycopg.Connection) -> None:
@@ -279,21 +298,24 @@ def _copy(conn: psycopg.Connection, table: str, batch: list[RunRow]) -> None:
         copy.set_types(_PG_TYPES)
         write = copy.write_row
         for r in batch:
-            write(
-                (
-                    r.id,
-                    r.run_id,
-                    r.ts,
-                    r.tenant_id,
-                    r.environment,
-                    r.problem_code,
-                    r.fix_suggestion,
-                    r.confidence,
-                    r.resolution,
-                    r.resolved_at,
-                    r.error_msg,
-                )
-            )
+            write(_values(r))
+
+
+def _values(r: RunRow) -> tuple:
+    """The row's values in ``COLUMNS`` order."""
+    return (
+        r.id,
+        r.run_id,
+        r.ts,
+        r.tenant_id,
+        r.environment,
+        r.problem_code,
+        r.fix_suggestion,
+        r.confidence,
+        r.resolution,
+        r.resolved_at,
+        r.error_msg,
+    )
 
 
 # --- outcomes -------------------------------------------------------------------------------------
@@ -307,10 +329,12 @@ def record_outcome(
     resolution: str,
     fix_id: str | None = None,
     at: datetime,
+    tenant: str | None = None,
 ) -> int:
     """Record the outcome of a run's findings (or of one finding); returns the rows changed.
 
-    - Targets the findings with a ``problem_code`` of ``run_id``, or the one row ``finding_id``;
+    - Targets the findings with a ``problem_code`` of ``run_id``, or the one row ``finding_id``,
+      of ``tenant`` when given (a caller never changes another tenant's runs);
       ``fix_id`` narrows to the findings that suggested that fix (outcomes are credited to the
       fix that was suggested, never re-assigned). ``fixed`` needs a suggested fix.
     - Idempotent: recording the same resolution again changes nothing (``resolved_at`` keeps the
@@ -330,12 +354,13 @@ def record_outcome(
             """
             update {table} set resolution = %(resolution)s, resolved_at = %(at)s
             where {key} = %(target)s
+              and (%(tenant)s::text is null or tenant_id = %(tenant)s)
               and problem_code is not null
               and (%(fix_id)s::text is null or fix_suggestion = %(fix_id)s)
               and (%(resolution)s <> 'fixed' or fix_suggestion is not null)
               and (resolution is null or (resolution <> %(resolution)s and resolved_at < %(at)s))
             """
         ).format(table=sql.Identifier(*TABLE.split(".")), key=sql.Identifier(target[0])),
-        {"resolution": resolution, "at": at, "target": target[1], "fix_id": fix_id},
+        {"resolution": resolution, "at": at, "target": target[1], "fix_id": fix_id, "tenant": tenant},
     )
     return cur.rowcount

@@ -23,9 +23,9 @@ import click
 import psycopg
 import yaml
 
-from orchestrator.config import ConnectionSettings
+from devdiag_db.config import ConnectionSettings
+from devdiag_db.db import DatabaseUnavailable, connect
 from orchestrator.contract import PUBLIC_VIEWS
-from orchestrator.db import DatabaseUnavailable, connect
 
 RULES_FILE = Path(__file__).with_name("alert_rules.yaml")
 GRAFANA_ROLE = "grafana"
@@ -264,7 +264,7 @@ def alerts(as_json: bool) -> None:
     """
     import json
 
-    from orchestrator.config import settings
+    from devdiag_db.config import settings
 
     try:
         results = evaluate(settings())

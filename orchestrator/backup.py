@@ -4,8 +4,13 @@ The file is ``devdiag-YYYY-MM-DD.sql.gz`` (UTC date): pg_dump's plain output wit
 --no-privileges`` (so it restores as whoever runs psql, into an empty database, whether or not the
 original owner exists), followed by a DevDiag epilogue that re-applies the source's grants and
 database settings only where their roles exist (creating a missing role NOLOGIN when allowed: roles
-are cluster-wide and never in a dump), a manifest line (row counts and objects, for verification)
-and a completion trailer.
+are cluster-wide and never in a dump), a manifest line (row counts, objects, the roles the grants
+name and the database settings, for verification and for `devdiag restore`) and a completion trailer.
+
+Signed: a last gzip member holds one SQL comment line with an HMAC-SHA256 over every byte of the file
+before it, under the key in $DEVDIAG_HOME/backup.key (or --key-file / $DEVDIAG_BACKUP_KEY). gzip
+readers concatenate members, so ``gunzip -c FILE | psql URL`` still sees plain SQL (the line is a
+comment); `devdiag restore` refuses a file whose signature is missing or wrong before touching anything.
 
 Written under a hidden temporary name, fsynced, read back in full (gzip CRC, pg_dump's own trailer,
 ours, row counts), then renamed: a crash never leaves a file that looks complete. Rotation runs only
@@ -18,6 +23,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import gzip
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -36,9 +43,10 @@ import click
 import psycopg
 from psycopg import sql
 
-from orchestrator.config import ConnectionSettings
-from orchestrator.db import DatabaseUnavailable, connect
+from devdiag_db.config import ConnectionSettings
+from devdiag_db.db import DatabaseUnavailable, connect
 from orchestrator.progress import Progress
+from orchestrator.secrets import backup_key, key_id
 
 DEFAULT_DIR = "backups"
 DEFAULT_KEEP_DAYS = 30
@@ -48,6 +56,9 @@ TMP_PREFIX = ".devdiag-backup-"
 PG_DUMP_TRAILER = b"-- PostgreSQL database dump complete"
 MANIFEST_PREFIX = b"-- devdiag backup manifest: "
 TRAILER = b"-- devdiag backup complete"
+SIGNATURE_PREFIX = b"-- devdiag backup signature: "
+SIGNATURE_RE = re.compile(rb"^-- devdiag backup signature: hmac-sha256 key=([0-9a-f]{12}) mac=([0-9a-f]{64})\n$")
+MAC_DOMAIN = b"devdiag backup v1\0"  # the MAC covers this, then every byte of the file before the signature member
 COMPRESSLEVEL = 3
 CHUNK = 1 << 20
 FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -56,6 +67,81 @@ READONLY_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
 
 class BackupInvalid(Exception):
     """A backup file that is corrupt, truncated or incomplete; the message says which."""
+
+
+class BackupUnsigned(BackupInvalid):
+    """A backup without a valid signature under our key: not provably one `devdiag backup` wrote."""
+
+
+# --- the signature ----------------------------------------------------------------------------------
+
+
+def _signature_member(key: bytes, mac: bytes) -> bytes:
+    """The last gzip member: stored (level 0), no name, mtime 0, so its length is always SIGNATURE_LEN."""
+    line = SIGNATURE_PREFIX + f"hmac-sha256 key={key_id(key)} mac={mac.hex()}\n".encode()
+    return gzip.compress(line, compresslevel=0, mtime=0)
+
+
+SIGNATURE_LEN = len(_signature_member(b"x" * 16, bytes(32)))
+
+
+def sign(path: Path, key: bytes) -> None:
+    """Append the signature member to a finished backup file and flush it to disk."""
+    mac = hmac.new(key, MAC_DOMAIN, hashlib.sha256)
+    with open(path, "r+b") as fh:
+        while block := fh.read(CHUNK):
+            mac.update(block)
+        fh.write(_signature_member(key, mac.digest()))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+@dataclass(frozen=True)
+class Signature:
+    signed: bool  # False: accepted unsigned (--trust-unsigned)
+    sha256: str  # of the whole file: what a second read (the restore's stream) must find again
+
+
+def check_signature(fh, path: Path, key: bytes | None) -> Signature:
+    """Check the file's HMAC under ``key`` (None: --trust-unsigned, only the digest is taken).
+
+    Reads the raw (compressed) bytes once; raises BackupUnsigned with a one-line reason.
+    """
+    size = os.fstat(fh.fileno()).st_size
+    fh.seek(0)
+    digest = hashlib.sha256()
+    if key is None:
+        while block := fh.read(CHUNK):
+            digest.update(block)
+        fh.seek(0)
+        return Signature(False, digest.hexdigest())
+    fix = "restore only files `devdiag backup` wrote, or pass --trust-unsigned if you know where this file came from"
+    mac = hmac.new(key, MAC_DOMAIN, hashlib.sha256)
+    left = size - SIGNATURE_LEN
+    while left > 0 and (block := fh.read(min(CHUNK, left))):
+        mac.update(block)
+        digest.update(block)
+        left -= len(block)
+    tail = fh.read()
+    digest.update(tail)
+    fh.seek(0)
+    try:
+        match = SIGNATURE_RE.match(gzip.decompress(tail)) if size >= SIGNATURE_LEN else None
+    except (OSError, EOFError, zlib.error):
+        match = None
+    if match is None:
+        raise BackupUnsigned(f"{path} has no devdiag signature at its end (unsigned, or truncated): {fix}")
+    if match.group(1).decode() != key_id(key):
+        raise BackupUnsigned(
+            f"{path} was signed with another backup key (key id {match.group(1).decode()}, this key is "
+            f"{key_id(key)}): pass --key-file with the backup.key of the machine that made it, or --trust-unsigned "
+            "if you know where this file came from"
+        )
+    if not hmac.compare_digest(match.group(2).decode(), mac.hexdigest()):
+        raise BackupUnsigned(
+            f"{path} was altered or corrupted after it was signed (its signature does not match): {fix}"
+        )
+    return Signature(True, digest.hexdigest())
 
 
 # --- client tools -----------------------------------------------------------------------------------
@@ -84,7 +170,7 @@ def _candidates(name: str, settings: ConnectionSettings) -> list[str]:
     """The embedded server uses its own binaries; an external one prefers PATH, then the bundled ones."""
     bundled: list[str] = []
     try:
-        from orchestrator import embedded
+        from devdiag_db import embedded
 
         candidate = embedded.pg_bin(name)
         if os.access(candidate, os.X_OK):
@@ -181,6 +267,7 @@ class DumpContents:
     pg_dump_complete: bool = False
     manifest: dict | None = None
     complete: bool = False
+    signature_line: bool = False
     _copy: str | None = None
     _altering: str | None = None
     _carry: bytes = b""
@@ -220,6 +307,9 @@ class DumpContents:
 
     def _line(self, line: bytes) -> None:
         if self.complete and line.strip():
+            if line.startswith(SIGNATURE_PREFIX) and not self.signature_line:
+                self.signature_line = True  # the signature member's line (check_signature judges it)
+                return
             self.complete = False  # something after our trailer: not the file we wrote
         if line.startswith((b"COPY ", b"CREATE ", b"ALTER ", b"    ADD ", b"-- ")):
             self._statement(line)
@@ -249,11 +339,12 @@ class DumpContents:
                     break
 
 
-def verify_backup(path: Path, *, progress: Progress | None = None) -> DumpContents:
-    """Read a backup in full; raise BackupInvalid unless it is intact, complete and self-consistent."""
+def verify_backup(path: Path, *, progress: Progress | None = None, fh=None) -> DumpContents:
+    """Read a backup in full (from ``fh`` when given); raise BackupInvalid unless it is intact, complete and
+    self-consistent."""
     contents = DumpContents()
     try:
-        with gzip.open(path, "rb") as stream:
+        with gzip.open(fh if fh is not None else path, "rb") as stream:
             while block := stream.read(CHUNK):
                 before = contents.lines
                 contents.feed(block)
@@ -319,8 +410,9 @@ order by 3, 1, 2
 """
 
 
-def _epilogue(conn: psycopg.Connection) -> str:
-    """SQL that re-applies the source's grants and database settings, tolerant of a different cluster."""
+def _epilogue(conn: psycopg.Connection) -> tuple[str, list[str], list[str]]:
+    """SQL that re-applies the source's grants and database settings, tolerant of a different cluster;
+    with the roles it grants to and the settings (``name=value``), for the manifest."""
     conn.execute("set search_path to ''")  # regprocedure and %I print schema-qualified names
     grants = conn.execute(_GRANTS_SQL).fetchall()
     settings = conn.execute(
@@ -339,13 +431,19 @@ def _epilogue(conn: psycopg.Connection) -> str:
     for item in settings:
         name, _, value = item[0].partition("=")
         out.append(
-            "DO $devdiag$ BEGIN EXECUTE pg_catalog.format('ALTER DATABASE %I SET %I TO %L', "
-            f"pg_catalog.current_database(), {_literal(conn, name)}, {_literal(conn, value)}); "
+            # Skipped when already in place: `devdiag restore` sets them as the admin before its
+            # restricted role (not the database owner) reads this.
+            "DO $devdiag$ BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_db_role_setting s "
+            "JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase WHERE d.datname = pg_catalog.current_database() "
+            f"AND s.setrole = 0 AND {_literal(conn, item[0])} = ANY (s.setconfig)) THEN "
+            "EXECUTE pg_catalog.format('ALTER DATABASE %I SET %I TO %L', "
+            f"pg_catalog.current_database(), {_literal(conn, name)}, {_literal(conn, value)}); END IF; "
             "EXCEPTION WHEN insufficient_privilege THEN "
             f"RAISE WARNING 'devdiag: not allowed to set {name} on this database; set it as its owner'; "
             "END $devdiag$;"
         )
-    return "\n".join(out) + "\n"
+    roles = sorted({role for _, _, role, _ in grants if role != "PUBLIC"})
+    return "\n".join(out) + "\n", roles, [item[0] for item in settings]
 
 
 def _role_grants(conn: psycopg.Connection, role: str, statements: list[str]) -> list[str]:
@@ -410,10 +508,12 @@ def run_backup(
     quiet: bool = False,
     snapshot: str | None = None,
     today: date | None = None,
+    key_file: Path | None = None,
 ) -> BackupReport:
-    """Dump, verify, publish, then rotate (``keep_days=None``: no rotation). Raises ClickException."""
+    """Dump, sign, verify, publish, then rotate (``keep_days=None``: no rotation). Raises ClickException."""
     started = time.monotonic()
     today = today or datetime.now(UTC).date()
+    key = backup_key(key_file, create=True)
     with connect(settings) as conn:
         major = server_major(conn)
         version = conn.execute("show server_version").fetchone()[0]
@@ -422,14 +522,17 @@ def run_backup(
             "join pg_namespace n on n.oid = c.relnamespace where c.relkind in ('r', 'p') "
             "and n.nspname !~ '^pg_' and n.nspname <> 'information_schema'"
         ).fetchone()[0]
-        epilogue = _epilogue(conn)
+        epilogue, roles, db_settings = _epilogue(conn)
     tool = client_tool("pg_dump", settings, major)
     target = directory / backup_name(today)
     with _locked(directory):
         tmp = _temporary(directory, target)
         try:
-            rows = _dump(tool, settings, tmp, epilogue, snapshot, estimate, quiet, version)
-            verify_backup(tmp)
+            rows = _dump(tool, settings, tmp, (epilogue, roles, db_settings), snapshot, estimate, quiet, version)
+            sign(tmp, key)
+            with open(tmp, "rb") as fh:
+                check_signature(fh, tmp, key)
+                verify_backup(tmp, fh=fh)
             os.replace(tmp, target)
             _fsync_dir(directory)
         except BackupInvalid as error:
@@ -481,7 +584,7 @@ def _dump(
     tool: ClientTool,
     settings: ConnectionSettings,
     tmp: Path,
-    epilogue: str,
+    epilogue: tuple[str, list[str], list[str]],
     snapshot: str | None,
     estimate: int,
     quiet: bool,
@@ -526,8 +629,10 @@ def _dump(
             "pg_dump": tool.version,
             "rows": contents.rows,
             "objects": contents.objects,
+            "roles": epilogue[1],
+            "database_settings": epilogue[2],
         }
-        gz.write(epilogue.encode())
+        gz.write(epilogue[0].encode())
         gz.write(MANIFEST_PREFIX + json.dumps(manifest, separators=(",", ":")).encode() + b"\n")
         gz.write(TRAILER + b"\n")
     return contents.rows
@@ -619,17 +724,23 @@ def _human_size(size: int) -> str:
     type=click.IntRange(min=0),
     help="Remove backups older than this (never the newest).",
 )
+@click.option(
+    "--key-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Sign with the key in this file (default: $DEVDIAG_BACKUP_KEY, else $DEVDIAG_HOME/backup.key, made once).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as a JSON object.")
-def backup(directory: Path, keep_days: int, as_json: bool) -> None:
-    """Write a compressed plain-SQL backup that `gunzip -c FILE | psql URL` restores, then rotate old ones.
+def backup(directory: Path, keep_days: int, key_file: Path | None, as_json: bool) -> None:
+    """Write a signed, compressed plain-SQL backup that `gunzip -c FILE | psql URL` restores, then rotate old ones.
 
     The file appears only once it is complete and has been read back; a failed backup leaves the
-    existing ones untouched. Restore with `devdiag restore FILE`.
+    existing ones untouched. Restore with `devdiag restore FILE` (which checks the signature).
     """
-    from orchestrator.config import settings
+    from devdiag_db.config import settings
 
     try:
-        report = run_backup(settings(), directory, keep_days=keep_days, quiet=as_json)
+        report = run_backup(settings(), directory, keep_days=keep_days, quiet=as_json, key_file=key_file)
     except DatabaseUnavailable as error:
         raise click.ClickException(str(error)) from None
     if as_json:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from orchestrator import config, embedded
-from orchestrator.db import DatabaseUnavailable
+from devdiag_db import config, embedded
+from devdiag_db.db import DatabaseUnavailable
+
+if TYPE_CHECKING:
+    from orchestrator.dbt import NodeResult
+    from orchestrator.health import HealthCheck
 
 
 def database_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -38,7 +43,7 @@ def status_line(message: str, *, quiet: bool = False) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="mcp-devdiag", prog_name="devdiag")
+@click.version_option(package_name=config.distribution_name(), prog_name="devdiag")
 def main() -> None:
     """DevDiag operations: database, dbt build, health checks and demo data.
 
@@ -84,7 +89,7 @@ def db_status(as_json: bool) -> None:
     """Say whether the database is up; exit 1 when it is not."""
     external = config.external_settings()
     if external is not None:
-        from orchestrator.db import connect
+        from devdiag_db.db import connect
 
         try:
             with connect(external) as conn:
@@ -264,12 +269,37 @@ def demo(runs: int, seed: int) -> None:
     Safe to run again: while the demo history is fresh nothing is added; once it is over an hour
     old it is replaced by one that ends now. Refuses a database that holds other tenants' runs.
     """
+    config.project_dir()  # no dbt project: fail before a database is started
+    started_here = config.external_settings() is None and not embedded.status().running
+    try:
+        where = config.settings()
+        checks, broken = _demo(where, runs, seed)
+    except (Exception, KeyboardInterrupt):
+        # A failed demo leaves no server of its own running behind it; one that ran before stays up.
+        if started_here:
+            with contextlib.suppress(click.ClickException):
+                if embedded.stop():
+                    status_line("stopped the embedded PostgreSQL this demo had started")
+        raise
+    click.echo(
+        "\nNext:\n"
+        '  devdiag db psql -c "select * from devdiag.v_problem_counts order by day desc limit 10"\n'
+        "  devdiag health --json        # the checks, for scripts\n"
+        "  devdiag build                # rebuild the views after new runs\n"
+        "  devdiag db stop              # stop the embedded PostgreSQL"
+    )
+    # Failing checks leave the database up: the Next lines are how to look into them.
+    if broken or any(c.status == "fail" and c.severity == "error" for c in checks):
+        sys.exit(1)
+
+
+def _demo(where: config.ConnectionSettings, runs: int, seed: int) -> tuple[list[HealthCheck], list[NodeResult]]:
+    """Setup, demo history, dbt build and health checks; returns the checks and the failing dbt nodes."""
     from orchestrator import dbt
     from orchestrator.demo_data import refresh_demo
     from orchestrator.health import run_health
     from orchestrator.provision import setup as run_setup
 
-    where = config.settings()
     status_line(f"database: {where.describe()}")
     run_setup(where)
     status_line("setup: schema, indexes, roles and fix catalog ready")
@@ -291,15 +321,7 @@ def demo(runs: int, seed: int) -> None:
         status_line(f"  {r.status.upper()} {r.name}: {r.message or ''}")
     checks = run_health(where)
     _print_health(checks)
-    click.echo(
-        "\nNext:\n"
-        '  devdiag db psql -c "select * from devdiag.v_problem_counts order by day desc limit 10"\n'
-        "  devdiag health --json        # the checks, for scripts\n"
-        "  devdiag build                # rebuild the views after new runs\n"
-        "  devdiag db stop              # stop the embedded PostgreSQL"
-    )
-    if broken or any(c.status == "fail" and c.severity == "error" for c in checks):
-        sys.exit(1)
+    return checks, broken
 
 
 # --- operations (each command lives beside its logic) ---------------------------------------------
@@ -313,6 +335,11 @@ from orchestrator.ingest import flush, load  # noqa: E402
 from orchestrator.restore import restore  # noqa: E402
 from orchestrator.retention import retention  # noqa: E402
 from orchestrator.reviews import capacity, perf, review  # noqa: E402
+from orchestrator.serve import serve  # noqa: E402
+from orchestrator.tokens import role, token  # noqa: E402
 
-for command in (retention, backup, restore, drill, alerts, cron, review, capacity, perf, grafana, flush, load):
+for command in (
+    *(retention, backup, restore, drill, alerts, cron, review, capacity, perf, grafana, flush, load),
+    *(serve, token, role),
+):
     main.add_command(command)

@@ -29,7 +29,7 @@ from pathlib import Path
 import click
 import psycopg.conninfo
 
-from orchestrator.config import devdiag_home
+from devdiag_db.config import devdiag_home
 
 BEGIN = "# BEGIN devdiag"
 END = "# END devdiag"

@@ -16,8 +16,8 @@ from pathlib import Path
 import click
 import psycopg
 
-from orchestrator.config import ConnectionSettings, devdiag_home, project_dir
-from orchestrator.db import connect
+from devdiag_db.config import ConnectionSettings, devdiag_home, project_dir
+from devdiag_db.db import connect
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,10 @@ class NodeResult:
 def _profiles_dir() -> Path:
     target = devdiag_home() / "dbt"
     target.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(project_dir() / "profiles.yml.example", target / "profiles.yml")
+    template = project_dir() / "profiles.yml.example"
+    if not template.is_file():
+        raise click.ClickException(f"no profiles.yml.example in {template.parent}: restore it or reinstall DevDiag")
+    shutil.copyfile(template, target / "profiles.yml")
     return target
 
 

@@ -57,11 +57,11 @@ from datetime import UTC, datetime, timedelta
 import click
 import psycopg
 
+from devdiag_db.config import ConnectionSettings
+from devdiag_db.db import DatabaseUnavailable, connect
 from mcp_devdiag import ids
 from mcp_devdiag.catalog import Problem, load_catalog
 from mcp_devdiag.writer import RunRow, write_runs
-from orchestrator.config import ConnectionSettings
-from orchestrator.db import DatabaseUnavailable, connect
 
 HOUR_US = 3_600_000_000
 DAY_US = 24 * HOUR_US

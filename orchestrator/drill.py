@@ -5,6 +5,10 @@ backup into it, verify, and report the time to restore (target < 30 minutes) and
 (target 0). The live database is never written: the restore goes to ``<db>_drill``, dropped again
 at the end.
 
+The backup is signed with the backup key and its signature checked by the restore, which runs the
+backup's SQL as the restricted role ``devdiag_restore`` (see `orchestrator.restore`), as a real
+restore would.
+
 Rows lost are measured independently of the backup file: the source rows are counted in the very
 snapshot pg_dump reads (``pg_export_snapshot`` + ``pg_dump --snapshot``), so writers that keep
 writing during the drill do not blur the figure.
@@ -24,9 +28,9 @@ import click
 import psycopg
 from psycopg import sql
 
+from devdiag_db.config import ConnectionSettings
+from devdiag_db.db import DatabaseUnavailable, connect
 from orchestrator.backup import run_backup
-from orchestrator.config import ConnectionSettings
-from orchestrator.db import DatabaseUnavailable, connect
 from orchestrator.restore import RestoreReport, drop_database, run_restore
 
 TARGET_TIME_TO_RESTORE_S = 30 * 60
@@ -85,7 +89,9 @@ def scratch_name(settings: ConnectionSettings) -> str:
     return f"{settings.dbname}_drill"
 
 
-def run_drill(settings: ConnectionSettings, *, quiet: bool = False, keep: bool = False) -> DrillReport:
+def run_drill(
+    settings: ConnectionSettings, *, quiet: bool = False, keep: bool = False, key_file: Path | None = None
+) -> DrillReport:
     """Backup → drop → restore → verify on a scratch database. Raises ClickException on failure."""
     # The steps, for a person at a terminal; nothing under --json, cron or a pipe (as Progress does).
     say = (lambda m: click.echo(m, err=True)) if not quiet and sys.stderr.isatty() else (lambda _m: None)
@@ -96,13 +102,13 @@ def run_drill(settings: ConnectionSettings, *, quiet: bool = False, keep: bool =
             _lock(lock_conn)
             say(f"drill: 1/4 backup of {settings.dbname}")
             started = time.monotonic()
-            rows_source, backup = _snapshot_backup(settings, workdir, quiet)
+            rows_source, backup = _snapshot_backup(settings, workdir, quiet, key_file)
             backup_s = time.monotonic() - started
             say(f"drill: 2/4 drop database {scratch} (the simulated disaster)")
             drop_database(settings, scratch)
             say(f"drill: 3/4 restore into {scratch}, then 4/4 verify")
             started = time.monotonic()
-            restored = run_restore(settings, backup.path, database=scratch, quiet=quiet)
+            restored = run_restore(settings, backup.path, database=scratch, quiet=quiet, key_file=key_file)
             time_to_restore = time.monotonic() - started
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -119,13 +125,13 @@ def _lock(conn: psycopg.Connection) -> None:
         raise click.ClickException("another `devdiag drill` is running on this database: wait for it to finish")
 
 
-def _snapshot_backup(settings: ConnectionSettings, workdir: Path, quiet: bool):
+def _snapshot_backup(settings: ConnectionSettings, workdir: Path, quiet: bool, key_file: Path | None):
     """Count every table and run pg_dump in one exported snapshot: the counts are exactly what the dump holds."""
     with connect(settings, autocommit=False) as conn:
         conn.execute("set transaction isolation level repeatable read, read only")
         snapshot = conn.execute("select pg_export_snapshot()").fetchone()[0]
         rows = _count_tables(conn)
-        backup = run_backup(settings, workdir, keep_days=None, quiet=quiet, snapshot=snapshot)
+        backup = run_backup(settings, workdir, keep_days=None, quiet=quiet, snapshot=snapshot, key_file=key_file)
         conn.rollback()
     return rows, backup
 
@@ -161,16 +167,22 @@ def _print_report(report: DrillReport) -> None:
 @click.command("drill")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (time_to_restore_s, rows_lost, ...).")
 @click.option("--keep", is_flag=True, help="Keep the scratch database afterwards for inspection.")
-def drill(as_json: bool, keep: bool) -> None:
+@click.option(
+    "--key-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Sign and check the drill's backup with this key (default: $DEVDIAG_BACKUP_KEY, else DEVDIAG_HOME's).",
+)
+def drill(as_json: bool, keep: bool, key_file: Path | None) -> None:
     """The quarterly disaster-recovery drill: backup, drop, restore, verify, on a scratch database.
 
     Reports the time to restore (target < 30 minutes) and the rows lost (target 0); exit 1 when a
     target is missed or the verification finds a difference. The live database is only read.
     """
-    from orchestrator.config import settings
+    from devdiag_db.config import settings
 
     try:
-        report = run_drill(settings(), quiet=as_json, keep=keep)
+        report = run_drill(settings(), quiet=as_json, keep=keep, key_file=key_file)
     except DatabaseUnavailable as error:
         raise click.ClickException(str(error)) from None
     if as_json:

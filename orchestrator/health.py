@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from devdiag_db.config import SCHEMA, ConnectionSettings
+from devdiag_db.db import connect
 from orchestrator import dbt
-from orchestrator.config import SCHEMA, ConnectionSettings
-from orchestrator.db import connect
 
 Status = Literal["pass", "warn", "fail"]
 Severity = Literal["error", "warn"]

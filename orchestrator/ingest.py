@@ -63,10 +63,11 @@ import click
 import psycopg
 from psycopg import sql
 
-from mcp_devdiag.spool import Outcome, ReplayReport, Spool, parse_line
+from devdiag_db import config
+from devdiag_db.db import DatabaseUnavailable, connect
+from mcp_devdiag import safejson
+from mcp_devdiag.spool import MAX_DEPTH, MAX_LINE_BYTES, Outcome, ReplayReport, Spool, parse_line, read_lines, too_long
 from mcp_devdiag.writer import COLUMNS, ERROR_MSG_CAP, RESOLUTIONS, RunRow
-from orchestrator import config
-from orchestrator.db import DatabaseUnavailable, connect
 from orchestrator.progress import Progress
 
 BATCH = 50_000
@@ -254,7 +255,8 @@ def fast_values(data: Any) -> tuple | None:
     else:
         resolved_at = _timestamp(resolved_at)
         if (
-            resolution not in RESOLUTIONS
+            type(resolution) is not str
+            or resolution not in RESOLUTIONS
             or code is None
             or resolved_at is None
             or (resolution == "fixed" and fix is None)
@@ -371,7 +373,7 @@ class _Parsed:
     numbers: list[int] = field(default_factory=list)
     ids: list[bytes] = field(default_factory=list)
     rows: list[bytes] = field(default_factory=list)
-    outcomes: list[Outcome] = field(default_factory=list)
+    outcomes: list[tuple[int, Outcome]] = field(default_factory=list)  # (line number, outcome)
     bad: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -394,7 +396,7 @@ def parse_line_to_row(raw: bytes) -> tuple[bytes, bytes] | Outcome | str | None:
     if not text.strip():
         return None
     try:
-        data = json.loads(text)
+        data = safejson.loads(text, max_depth=MAX_DEPTH)  # bounded: a hostile line is a bad line, not a crash
     except ValueError:
         data = None
     values = fast_values(data) if data is not None else None
@@ -409,13 +411,17 @@ def parse_line_to_row(raw: bytes) -> tuple[bytes, bytes] | Outcome | str | None:
         )
     except ValueError as error:
         return str(error)
+    except (TypeError, OverflowError) as error:  # never fatal: a value of a type no check foresaw
+        return f"a value of the wrong type ({error})"
 
 
-def parse_batch(batch: list[tuple[int, bytes]]) -> _Parsed:
+def parse_batch(batch: list[tuple[int, bytes | int]]) -> _Parsed:
+    """Parse (line number, raw line) pairs; a raw line that is an int is the length of a line
+    too long to read (``_open_lines``)."""
     parsed = _Parsed(lines=len(batch))
     numbers, ids, rows = parsed.numbers, parsed.ids, parsed.rows
     for number, raw in batch:
-        item = parse_line_to_row(raw)
+        item = too_long(raw) if isinstance(raw, int) else parse_line_to_row(raw)
         if item is None:
             continue
         if type(item) is tuple:
@@ -423,7 +429,7 @@ def parse_batch(batch: list[tuple[int, bytes]]) -> _Parsed:
             ids.append(item[0])
             rows.append(item[1])
         elif isinstance(item, Outcome):
-            parsed.outcomes.append(item)
+            parsed.outcomes.append((number, item))
         else:
             parsed.bad.append({"line": number, "error": item})
     if any(a >= b for a, b in zip(ids, itertools.islice(ids, 1, None), strict=False)):
@@ -439,7 +445,7 @@ def parse_batch(batch: list[tuple[int, bytes]]) -> _Parsed:
     return parsed
 
 
-def _batches(lines: Iterable[tuple[int, bytes]], size: int) -> Iterator[list[tuple[int, bytes]]]:
+def _batches(lines: Iterable[tuple[int, bytes | int]], size: int) -> Iterator[list[tuple[int, bytes | int]]]:
     it = iter(lines)
     while batch := list(itertools.islice(it, size)):
         yield batch
@@ -500,14 +506,14 @@ class Loader:
         self.conn = conn
         self.result = result
         self.batch_size = batch_size
-        self.outcomes: list[Outcome] = []
+        self.outcomes: list[tuple[int, Outcome]] = []
         self.idle: queue.SimpleQueue[psycopg.Connection] = queue.SimpleQueue()
         for each in (conn, *extra):
             self.idle.put(each)
         self.writers = 1 + len(extra)
         self.lock = threading.Lock()  # writers update self.result
 
-    def run(self, lines: Iterable[tuple[int, bytes]], progress: Progress | None = None) -> None:
+    def run(self, lines: Iterable[tuple[int, bytes | int]], progress: Progress | None = None) -> None:
         batches = _batches(lines, self.batch_size)
 
         def parse_next() -> _Parsed:
@@ -538,9 +544,14 @@ class Loader:
             for done, count in in_flight:
                 done.result()
                 _advance(progress, count)
-        for outcome in self.outcomes:  # after every row: an outcome may update a row of this file
+        for number, outcome in self.outcomes:  # after every row: an outcome may update a row of this file
             self.result.outcomes += 1
-            self.result.outcomes_applied += outcome.apply(self.conn)
+            try:
+                with self.conn.transaction():  # a savepoint under --strict: a refusal costs only this line
+                    self.result.outcomes_applied += outcome.apply(self.conn)
+            except (psycopg.DataError, psycopg.IntegrityError) as error:
+                refused = f"refused by the database: {_first_line(error)}"
+                self.result.bad_lines.append({"line": number, "error": refused})
         self.result.bad_lines.sort(key=lambda bad: bad["line"])
 
     def _write(self, parsed: _Parsed) -> None:
@@ -584,17 +595,23 @@ def _advance(progress: Progress | None, lines: int) -> None:
         progress.advance(lines)
 
 
+def _bounded(fh: Any) -> Iterator[tuple[int, bytes | int]]:
+    """(number, line); a line over ``MAX_LINE_BYTES`` comes as its length, never read whole."""
+    for number, raw, length in read_lines(fh, MAX_LINE_BYTES):
+        yield number, raw if length is None else length
+
+
 @contextlib.contextmanager
-def _open_lines(file: str) -> Iterator[Iterator[tuple[int, bytes]]]:
+def _open_lines(file: str) -> Iterator[Iterator[tuple[int, bytes | int]]]:
     if file == "-":
-        yield enumerate(sys.stdin.buffer, start=1)
+        yield _bounded(sys.stdin.buffer)
         return
     path = Path(file)
     if not path.is_file():
         raise click.ClickException(f"{file}: no such file")
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as fh:  # type: ignore[operator]
-        yield enumerate(fh, start=1)
+        yield _bounded(fh)
 
 
 def load_file(

@@ -1,11 +1,24 @@
-"""`devdiag restore FILE`: a backup into a new or empty database, all or nothing, then verified.
+"""`devdiag restore FILE`: a signed backup into a new or empty database, all or nothing, as a restricted role.
 
-The file is read in full first (gzip CRC, both trailers, row counts against its manifest), so a
-corrupt or truncated backup is refused before anything is touched. The restore itself is one
-transaction (``psql -1 -v ON_ERROR_STOP=1``): psql only sees the end of its input once the stream is
-known good, and is killed otherwise, so a failure leaves nothing half-restored (a database this
-command created is dropped again). A database that holds rows is refused unless ``--force``, which
-replaces the backup's schemas inside that same transaction: until the commit, readers see the old data.
+Before anything is touched, the file's signature is checked (HMAC-SHA256 under the backup key, see
+`orchestrator.backup`; ``--trust-unsigned`` skips only this check) and the file is read in full
+(gzip CRC, both trailers, row counts against its manifest).
+
+The backup's SQL never runs as the admin connection: it is fed to a connection that logs in as
+``devdiag_restore``, a role without superuser, CREATEROLE, CREATEDB, REPLICATION, BYPASSRLS or any
+role membership (so none of pg_execute_server_program / pg_read_server_files /
+pg_write_server_files): ``COPY ... TO PROGRAM``, server file access, role changes and other
+databases are out of its reach. It may only create in the target database (CREATE, TEMPORARY),
+and owns what it creates, so the backup's own GRANTs work. What needs privilege is done by this
+module as the admin, from the signed manifest: creating the roles the grants name (NOLOGIN),
+the database settings, and afterwards handing every object to the admin role (as `devdiag setup`
+owns them) and revoking the restricted role's rights again (it is NOLOGIN between restores).
+
+The SQL is sent through psycopg, not psql: psql would also run backslash commands (``\\!``, ``\\o |``,
+``\\copy ... program``) on this machine, whoever the database role is. It is one transaction: a
+failure, a file that changes while it is read, or SQL that ends the transaction itself leaves nothing
+restored (a database this command created is dropped again). A database that holds rows is refused
+unless ``--force``, which replaces the backup's schemas inside that transaction.
 
 Verification afterwards: every table's row count equals the backup's, every table, view, index and
 function in the backup exists, the public views and raw indexes of the contract are present,
@@ -16,9 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import json
-import subprocess
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -26,29 +38,30 @@ from pathlib import Path
 
 import click
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 
+from devdiag_db.config import SCHEMA, ConnectionSettings
+from devdiag_db.db import DatabaseUnavailable, connect
 from orchestrator.backup import (
+    _COPY_RE,
     CHUNK,
     BackupInvalid,
-    ClientTool,
     DumpContents,
-    child_conninfo,
-    child_env,
-    client_tool,
-    explain_tool_error,
-    server_major,
+    Signature,
+    check_signature,
     verify_backup,
 )
-from orchestrator.config import SCHEMA, ConnectionSettings
 from orchestrator.contract import PUBLIC_VIEWS, RAW_INDEXES
-from orchestrator.db import DatabaseUnavailable, connect
 from orchestrator.progress import Progress
+from orchestrator.secrets import backup_key, role_password, scram_verifier
 
 MAINTENANCE_DATABASES = ("postgres", "template1")
+# The SECURITY DEFINER functions `devdiag setup` defines (macros/raw_schema.sql, create_tenancy).
+OWN_DEFINER_FUNCTIONS = ("devdiag.token_lookup(text)", "devdiag.token_used(text)")
 # The health checks that judge the restore itself; the others judge the data (a week-old backup is
 # stale by design, and its fix confidence is what it was), so they are reported, not held against it.
 STRUCTURAL_CHECKS = {"views_present", "indexes_present"}
+RESTORE_ROLE = "devdiag_restore"
 
 
 @dataclass
@@ -65,6 +78,7 @@ class RestoreReport:
     indexes_present: int = 0
     health: list[dict[str, object]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    signed: bool = True
 
     @property
     def rows_lost(self) -> int:
@@ -95,6 +109,7 @@ class RestoreReport:
             "file": str(self.file),
             "database": self.database,
             "created": self.created,
+            "signed": self.signed,
             "replaced_schemas": self.replaced_schemas,
             "seconds": round(self.seconds, 3),
             "restore_seconds": round(self.restore_seconds, 3),
@@ -122,38 +137,60 @@ def run_restore(
     force: bool = False,
     quiet: bool = False,
     health: bool = True,
+    trust_unsigned: bool = False,
+    key_file: Path | None = None,
 ) -> RestoreReport:
     """Restore ``path`` into ``database`` (default: the configured one) and verify it. Raises ClickException."""
     started = time.monotonic()
-    with Progress("reading backup", quiet=quiet, unit="lines") as progress:
-        contents = _read(path, progress)
-    name = database or settings.dbname
-    target = target_settings(settings, name)
-    with _maintenance(settings) as admin:
-        psql = client_tool("psql", settings, server_major(admin), newest=True)
-        created = _create_if_missing(admin, name)
-    try:
-        replaced = _schemas_to_replace(target, contents, force)
-        report = RestoreReport(path, name, created, replaced)
-        restore_started = time.monotonic()
-        report.warnings = _stream(psql, target, path, contents, replaced, quiet)
-    except BaseException:
-        if created:
-            drop_database(settings, name)
-        raise
-    with connect(target) as conn:
-        conn.execute("analyze")  # a plain dump carries no planner statistics
+    key = None if trust_unsigned else backup_key(key_file)
+    fh = _open(path)  # one open file for the checks and the restore: renaming another file in its place does nothing
+    with fh:
+        try:
+            signature = check_signature(fh, path, key)
+        except BackupInvalid as error:
+            raise click.ClickException(f"{error}; nothing was restored") from None
+        with Progress("reading backup", quiet=quiet, unit="lines") as progress:
+            contents = _read(path, fh, progress)
+        name = database or settings.dbname
+        target = target_settings(settings, name)
+        with _maintenance(settings) as admin:
+            created = _create_if_missing(admin, name)
+        try:
+            replaced = _schemas_to_replace(target, contents, force)
+            report = RestoreReport(path, name, created, replaced, signed=signature.signed)
+            restore_started = time.monotonic()
+            report.warnings = _restore_restricted(target, fh, contents, replaced, signature, quiet)
+        except BaseException:
+            if created:
+                drop_database(settings, name)
+            raise
     report.restore_seconds = time.monotonic() - restore_started
+    _apply_setup(target)
+    if not signature.signed:
+        report.warnings.append(f"{path} was restored unsigned (--trust-unsigned): its origin was not checked")
     _verify(target, contents, report, health=health)
     report.seconds = time.monotonic() - started
     return report
 
 
-def _read(path: Path, progress: Progress) -> DumpContents:
+def _open(path: Path):
     try:
-        return verify_backup(path, progress=progress)
+        return open(path, "rb")  # closed by the caller's with-block
+    except FileNotFoundError:
+        raise click.ClickException(f"{path}: no such file: nothing was restored; use another backup file") from None
+    except IsADirectoryError:
+        raise click.ClickException(f"{path} is a directory, not a backup file: nothing was restored") from None
+    except PermissionError as error:
+        raise click.ClickException(f"{path} cannot be read ({error.strerror}): nothing was restored") from None
+
+
+def _read(path: Path, fh, progress: Progress) -> DumpContents:
+    try:
+        contents = verify_backup(path, progress=progress, fh=fh)
     except BackupInvalid as error:
         raise click.ClickException(f"{error}: nothing was restored; use another backup file") from None
+    fh.seek(0)
+    return contents
 
 
 @contextlib.contextmanager
@@ -225,68 +262,381 @@ def _tables_with_rows(conn: psycopg.Connection) -> list[str]:
     return filled
 
 
-def _stream(
-    psql: ClientTool,
+# --- the restricted role ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Handover:
+    """What the admin changed for one restore, to undo or complete afterwards."""
+
+    restricted: ConnectionSettings
+    owner: str
+    schema_owners: dict[str, str]
+
+
+def _restore_restricted(
     target: ConnectionSettings,
-    path: Path,
+    fh,
     contents: DumpContents,
     replaced: list[str],
+    signature: Signature,
     quiet: bool,
 ) -> list[str]:
-    """Feed the backup to psql in one transaction; returns the warnings it printed. Raises ClickException."""
-    # -1 wraps only -f/-c input in BEGIN/COMMIT, hence `-f -` for stdin.
-    args = [
-        psql.path,
-        "-X",
-        "-q",
-        "-1",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "--no-password",
-        "-f",
-        "-",
-        "-d",
-        child_conninfo(target),
-    ]
-    prologue = "".join(f"DROP SCHEMA IF EXISTS {schema} CASCADE;\n" for schema in replaced)
-    with (
-        tempfile.TemporaryFile() as errors,
-        subprocess.Popen(
-            args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors, env=child_env(target)
-        ) as proc,
-    ):
-        assert proc.stdin is not None
+    """Prepare the role (as the admin), feed the backup as that role, then hand the objects over."""
+    # Only a signed manifest is ours: an unsigned file's declared roles and settings are not applied.
+    manifest = (contents.manifest or {}) if signature.signed else {}
+    with connect(target) as admin:
+        handover = _prepare(admin, target, replaced, manifest)
         try:
-            with Progress("restore", total=contents.lines, quiet=quiet, unit="lines") as progress:
-                proc.stdin.write(b"SET client_min_messages = warning;\n" + prologue.encode())
-                _copy_into(path, proc.stdin, progress)
-            proc.stdin.close()  # only now does psql see the end of its input, and commit
-        except BrokenPipeError:
-            pass  # psql stopped on an error: its message follows
+            warnings = _stream(handover.restricted, fh, contents, replaced, signature, quiet)
         except BaseException:
-            proc.kill()  # psql never saw the end of its input: the transaction rolls back
+            _release(admin, handover, committed=False)
             raise
-        returncode = proc.wait()
-        errors.seek(0)
-        stderr = errors.read().decode(errors="replace")
-    if returncode != 0:
-        raise click.ClickException(
-            explain_tool_error("psql", stderr, target) + f"; nothing was restored into {target.dbname}"
-        )
-    return [line.split("WARNING:", 1)[1].strip() for line in stderr.splitlines() if "WARNING:" in line]
+        _release(admin, handover, committed=True)
+    return warnings
 
 
-def _copy_into(path: Path, sink, progress: Progress) -> None:
-    """Decompress ``path`` into ``sink``; the gzip CRC is checked again at the end."""
+def _prepare(admin: psycopg.Connection, target: ConnectionSettings, replaced: list[str], manifest: dict) -> _Handover:
+    """Create or reset ``devdiag_restore`` (LOGIN, nothing else), let it create in the target database,
+    give it the schemas it replaces; create the roles the signed manifest names, apply its settings."""
+    role = sql.Identifier(RESTORE_ROLE)
+    password = role_password(RESTORE_ROLE)
+    owner, is_super = admin.execute(
+        "select current_user, rolsuper from pg_roles where rolname = current_user"
+    ).fetchone()
+    attributes = "LOGIN NOCREATEDB NOCREATEROLE NOINHERIT"
+    if is_super:  # only a superuser may even name these (to turn them off)
+        attributes += " NOSUPERUSER NOREPLICATION NOBYPASSRLS"
     try:
-        with gzip.open(path, "rb") as stream:
+        with admin.transaction():
+            exists = admin.execute("select 1 from pg_roles where rolname = %s", (RESTORE_ROLE,)).fetchone()
+            verb = "alter" if exists else "create"
+            admin.execute(
+                sql.SQL(verb + " role {} " + attributes + " password {}").format(
+                    role, sql.Literal(scram_verifier(password))
+                )
+            )
+            admin.execute(sql.SQL("alter role {} reset all").format(role))
+            if not is_super:
+                admin.execute(sql.SQL("grant {} to current_user").format(role))  # to give it schemas, take objects back
+            _check_role(admin)
+            admin.execute(
+                sql.SQL("grant connect, create, temporary on database {} to {}").format(
+                    sql.Identifier(target.dbname), role
+                )
+            )
+            schema_owners = {}
+            for schema in replaced:  # quoted identifiers, as the dump prints them
+                schema_owners[schema] = admin.execute(
+                    "select nspowner::regrole::text from pg_namespace where quote_ident(nspname) = %s", (schema,)
+                ).fetchone()[0]
+                admin.execute(sql.SQL("alter schema " + schema + " owner to {}").format(role))
+            for name in manifest.get("roles", []):
+                if not admin.execute("select 1 from pg_roles where rolname = %s", (name,)).fetchone():
+                    admin.execute(sql.SQL("create role {} nologin").format(sql.Identifier(name)))
+            for item in manifest.get("database_settings", []):
+                name, _, value = item.partition("=")
+                admin.execute(
+                    sql.SQL("alter database {} set {} to {}").format(
+                        sql.Identifier(target.dbname), sql.Identifier(name), sql.Literal(value)
+                    )
+                )
+    except psycopg.errors.InsufficientPrivilege as error:
+        raise click.ClickException(
+            f"{target.describe()} does not let this user prepare the restricted restore role ({_first(error)}): "
+            f"run devdiag restore as a role with CREATEROLE that owns the database, or as a superuser"
+        ) from None
+    restricted = ConnectionSettings(
+        {**target.params, "user": RESTORE_ROLE, "password": password}, embedded=target.embedded
+    )
+    return _Handover(restricted, owner, schema_owners)
+
+
+def _check_role(admin: psycopg.Connection) -> None:
+    """Fail closed when the restricted role has any power beyond logging in (someone granted it some)."""
+    attrs, memberships = admin.execute(
+        "select array_remove(array[case when rolsuper then 'SUPERUSER' end, case when rolcreaterole then "
+        "'CREATEROLE' end, case when rolcreatedb then 'CREATEDB' end, case when rolreplication then 'REPLICATION' "
+        "end, case when rolbypassrls then 'BYPASSRLS' end], null), "
+        "array(select m.roleid::regrole::text from pg_auth_members m where m.member = r.oid order by 1) "
+        "from pg_roles r where rolname = %s",
+        (RESTORE_ROLE,),
+    ).fetchone()
+    if attrs or memberships:
+        found = ", ".join([*attrs, *(f"member of {m}" for m in memberships)])
+        raise click.ClickException(
+            f"role {RESTORE_ROLE} has privileges it must not have ({found}): revoke them "
+            f"(ALTER ROLE / REVOKE ... FROM {RESTORE_ROLE}) and run again; nothing was restored"
+        )
+
+
+def _release(admin: psycopg.Connection, handover: _Handover, *, committed: bool) -> None:
+    """After a commit: the admin's role owns every restored object, as `devdiag setup` would. After a
+    failure: the replaced schemas go back to their owners. Either way the restricted role keeps no
+    right in this database and cannot log in."""
+    role = sql.Identifier(RESTORE_ROLE)
+    with admin.transaction():
+        if committed:
+            admin.execute(sql.SQL("reassign owned by {} to {}").format(role, sql.Identifier(handover.owner)))
+        else:
+            for schema, owner in handover.schema_owners.items():
+                admin.execute(sql.SQL("alter schema " + schema + " owner to {}").format(sql.Identifier(owner)))
+        admin.execute(sql.SQL("drop owned by {}").format(role))  # its grants here, and on the database
+        admin.execute(sql.SQL("alter role {} nologin").format(role))
+
+
+def _first(error: psycopg.Error) -> str:
+    """The server's primary message, one line, no context."""
+    text = error.diag.message_primary or str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+# --- feeding the backup -------------------------------------------------------------------------------
+
+
+class _HashingReader:
+    """The raw file, with a SHA-256 of every byte read: the stream must be the file that was checked."""
+
+    def __init__(self, fh) -> None:
+        self.fh = fh
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.fh.read(size)
+        self.digest.update(data)
+        return data
+
+    def rest(self) -> str:
+        while self.read(CHUNK):
+            pass
+        return self.digest.hexdigest()
+
+
+class _Loader:
+    """Plain pg_dump SQL through one connection: statements between COPYs as one simple query, COPY
+    data through the COPY protocol. No client-side commands exist here (unlike psql)."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+        self.cursor = conn.cursor()
+        self.pending = bytearray()
+        self.copy = None
+        self.copy_cm = None
+        self.carry = b""
+
+    def execute(self, text: bytes) -> None:
+        if not _comment_only(text):
+            self.cursor.execute(text.decode())
+        self._still_ours()
+
+    def feed(self, block: bytes) -> None:
+        data = self.carry + block
+        end = data.rfind(b"\n") + 1
+        self.carry = data[end:]
+        pos = 0
+        while pos < end:
+            if self.copy is None:
+                nl = data.index(b"\n", pos, end)
+                line = data[pos : nl + 1]
+                pos = nl + 1
+                if _COPY_RE.match(line[:-1]):
+                    self.execute(bytes(self.pending))
+                    self.pending.clear()
+                    self.copy_cm = self.cursor.copy(line.decode())
+                    self.copy = self.copy_cm.__enter__()
+                else:
+                    self.pending += line
+            elif data.startswith(b"\\.\n", pos):
+                self._end_copy()
+                pos += 3
+            else:
+                stop = data.find(b"\n\\.\n", pos, end)
+                upto = end if stop < 0 else stop + 1
+                self.copy.write(data[pos:upto])
+                pos = upto
+
+    def finish(self) -> None:
+        if self.copy is not None:
+            raise click.ClickException("the backup ends inside COPY data: nothing was restored; use another file")
+        self.execute(bytes(self.pending) + self.carry)
+        self.pending.clear()
+        self.carry = b""
+
+    def abort(self) -> None:
+        if self.copy_cm is not None and self.copy is not None:
+            with contextlib.suppress(Exception):
+                self.copy_cm.__exit__(RuntimeError, RuntimeError("restore aborted"), None)
+        self.copy = self.copy_cm = None
+
+    def _end_copy(self) -> None:
+        cm, self.copy, self.copy_cm = self.copy_cm, None, None
+        cm.__exit__(None, None, None)
+        self._still_ours()
+
+    def _still_ours(self) -> None:
+        # Our BEGIN must still be open: SQL that COMMITs or ROLLBACKs itself would escape all-or-nothing.
+        if self.conn.info.transaction_status != pq.TransactionStatus.INTRANS:
+            raise _Escaped()
+
+
+def _comment_only(text: bytes) -> bool:
+    """Blank or ``--`` lines only: nothing for the server (an empty query is not an error, but not ours)."""
+    return all(not line.strip() or line.lstrip().startswith(b"--") for line in text.split(b"\n"))
+
+
+class _Escaped(Exception):
+    """The backup's SQL ended the restore's transaction itself."""
+
+
+def _stream(
+    restricted: ConnectionSettings,
+    fh,
+    contents: DumpContents,
+    replaced: list[str],
+    signature: Signature,
+    quiet: bool,
+) -> list[str]:
+    """Feed the backup as the restricted role in one transaction; returns its warnings. Raises ClickException."""
+    try:
+        conn = connect(restricted, autocommit=False)
+    except DatabaseUnavailable as error:
+        raise click.ClickException(
+            f"the restricted restore role {RESTORE_ROLE} cannot log in ({error}): allow it a password login to "
+            f"{restricted.dbname} in pg_hba.conf; nothing was restored"
+        ) from None
+    warnings: list[str] = []
+    conn.add_notice_handler(
+        lambda d: warnings.append(d.message_primary or "") if d.severity_nonlocalized == "WARNING" else None
+    )
+    loader = _Loader(conn)
+    where = f"{restricted.describe()}"
+    try:
+        with conn:
+            try:
+                _feed(conn, loader, fh, contents, replaced, signature, quiet)
+            except BaseException:
+                loader.abort()  # before the rollback: a COPY in progress is failed first
+                raise
+    except _Escaped:
+        raise click.ClickException(
+            f"the backup's SQL ends the restore's transaction itself (COMMIT/ROLLBACK): refused on {where}; "
+            "nothing more was restored: use a backup `devdiag backup` wrote"
+        ) from None
+    except psycopg.Error as error:
+        raise click.ClickException(
+            f"restore failed on {where}: {_first(error)}; nothing was restored into {restricted.dbname}"
+        ) from None
+    finally:
+        conn.close()
+    return warnings
+
+
+def _feed(
+    conn: psycopg.Connection,
+    loader: _Loader,
+    fh,
+    contents: DumpContents,
+    replaced: list[str],
+    signature: Signature,
+    quiet: bool,
+) -> None:
+    """The whole file through ``loader`` inside the open transaction, then the checks before the commit."""
+    prologue = "".join(f"DROP SCHEMA IF EXISTS {schema} CASCADE;\n" for schema in replaced)
+    conn.execute("select 1")  # opens our transaction
+    loader.execute(b"SET client_min_messages = warning;\n" + prologue.encode())
+    reader = _HashingReader(fh)
+    fh.seek(0)
+    try:
+        with (
+            Progress("restore", total=contents.lines, quiet=quiet, unit="lines") as progress,
+            gzip.open(reader, "rb") as stream,
+        ):
             while block := stream.read(CHUNK):
-                sink.write(block)
+                loader.feed(block)
                 progress.advance(block.count(b"\n"))
-    except BrokenPipeError:
-        raise
+            loader.finish()
     except (EOFError, OSError, zlib.error) as error:
-        raise click.ClickException(f"{path} changed or broke while restoring ({error}); nothing was restored") from None
+        raise click.ClickException(
+            f"the backup changed or broke while restoring ({error}); nothing was restored"
+        ) from None
+    if reader.rest() != signature.sha256:
+        raise click.ClickException(
+            "the backup file changed while it was restored (not the file whose signature was checked); "
+            "nothing was restored"
+        )
+    _audit(conn)
+    loader._still_ours()
+
+
+def _apply_setup(target: ConnectionSettings) -> None:
+    """The current raw schema's DDL over the restored one, as the admin: DevDiag's own functions,
+    policies and grants as `devdiag setup` makes them (a backup of an older version is brought up too)."""
+    from orchestrator import dbt
+
+    dbt.run_operation(target, "devdiag_setup")
+
+
+def _audit(conn: psycopg.Connection) -> None:
+    """Before the commit: nothing the backup made may gain power when the admin's role takes it over.
+
+    Views, materialized views, rules and index expressions run with their owner's rights (the last
+    during VACUUM/ANALYZE); SECURITY DEFINER functions too. Each is checked while its owner is still
+    the restricted role, or refused when it cannot be checked.
+    """
+    conn.execute("set local search_path = pg_catalog")  # no function or operator of the backup answers for us
+    me = "(select oid from pg_roles where rolname = current_user)"
+
+    def refuse(what: str) -> None:
+        raise click.ClickException(f"the backup {what}: refused; nothing was restored")
+
+    # DevDiag's own SECURITY DEFINER functions: whatever body the backup gave them is dropped here,
+    # and `devdiag setup`'s trusted definition is applied once the restore is in (_apply_setup).
+    for function in OWN_DEFINER_FUNCTIONS:
+        conn.execute(sql.SQL("drop function if exists {}").format(sql.SQL(function)))
+    definer = conn.execute(
+        f"select p.oid::regprocedure::text from pg_proc p where p.prosecdef and p.proowner = {me} order by 1 limit 1"
+    ).fetchone()
+    if definer:
+        refuse(f"defines SECURITY DEFINER function {definer[0]}, which would run as the database owner")
+    rule = conn.execute(
+        f"select r.rulename, r.ev_class::regclass::text from pg_rewrite r join pg_class c on c.oid = r.ev_class "
+        f"where c.relowner = {me} and not (r.ev_type = '1' and r.rulename = '_RETURN') order by 1 limit 1"
+    ).fetchone()
+    if rule:
+        refuse(f"defines rule {rule[0]} on {rule[1]}, whose actions would run as the database owner")
+    index = conn.execute(
+        "select d.objid::regclass::text, d.refobjid::regprocedure::text from pg_depend d "
+        "join pg_index i on i.indexrelid = d.objid join pg_proc p on p.oid = d.refobjid "
+        f"where d.classid = 'pg_class'::regclass and d.refclassid = 'pg_proc'::regclass and p.proowner = {me} "
+        "order by 1 limit 1"
+    ).fetchone()
+    if index:
+        refuse(f"indexes with its own function {index[1]} ({index[0]}), which VACUUM/ANALYZE would run as the owner")
+    relations = conn.execute(
+        f"select c.oid::regclass::text, c.relkind from pg_class c where c.relowner = {me} and c.relkind in ('v', 'm') "
+        "order by 1"
+    ).fetchall()
+    for name, kind in relations:
+        # Reading a view checks its owner's rights on everything it reads (none of its rows are fetched).
+        check = "select from {} limit 0" if kind == "v" else "refresh materialized view {}"
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL(check).format(sql.SQL(name)))
+                if kind == "m":
+                    raise _Rollback
+        except _Rollback:
+            pass
+        except psycopg.errors.InsufficientPrivilege as error:
+            refuse(f"view {name} reads what the restore role may not ({_first(error)}); it would once owned")
+    tables = conn.execute(
+        f"select c.oid::regclass::text from pg_class c where c.relowner = {me} and c.relkind in ('r', 'm') order by 1"
+    ).fetchall()
+    if tables:  # a plain dump carries no planner statistics; as their restricted owner
+        conn.execute(sql.SQL("analyze {}").format(sql.SQL(", ").join(sql.SQL(t) for (t,) in tables)))
+
+
+class _Rollback(Exception):
+    """Leave a savepoint without keeping what it did."""
 
 
 def _verify(target: ConnectionSettings, contents: DumpContents, report: RestoreReport, *, health: bool) -> None:
@@ -389,17 +739,46 @@ def _print_report(report: RestoreReport) -> None:
     show_default=True,
     help="Run the dbt health checks on the restored database (row counts, views and indexes are always verified).",
 )
+@click.option(
+    "--key-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Check the signature with the key in this file (default: $DEVDIAG_BACKUP_KEY, else $DEVDIAG_HOME/backup.key).",
+)
+@click.option(
+    "--trust-unsigned",
+    is_flag=True,
+    help="Restore a file without a valid signature (an old backup, one signed elsewhere) whose origin you know.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as a JSON object.")
-def restore(file: Path, database: str | None, force: bool, health: bool, as_json: bool) -> None:
-    """Restore a `devdiag backup` file into a new or empty database, in one transaction, and verify it.
+def restore(
+    file: Path,
+    database: str | None,
+    force: bool,
+    health: bool,
+    key_file: Path | None,
+    trust_unsigned: bool,
+    as_json: bool,
+) -> None:
+    """Restore a signed `devdiag backup` file into a new or empty database, in one transaction, and verify it.
 
+    Checks the file's signature first, then runs its SQL as the restricted role devdiag_restore.
     Creates the database when it does not exist. Refuses a database that holds data unless --force.
     Exit 1 when the restore fails or its verification finds a difference.
     """
-    from orchestrator.config import settings
+    from devdiag_db.config import settings
 
     try:
-        report = run_restore(settings(), file, database=database, force=force, quiet=as_json, health=health)
+        report = run_restore(
+            settings(),
+            file,
+            database=database,
+            force=force,
+            quiet=as_json,
+            health=health,
+            trust_unsigned=trust_unsigned,
+            key_file=key_file,
+        )
     except DatabaseUnavailable as error:
         raise click.ClickException(str(error)) from None
     if as_json:

@@ -23,8 +23,8 @@ from datetime import datetime
 import click
 import psycopg
 
-from orchestrator.config import ConnectionSettings
-from orchestrator.db import DatabaseUnavailable, connect
+from devdiag_db.config import ConnectionSettings
+from devdiag_db.db import DatabaseUnavailable, connect
 from orchestrator.progress import Progress
 
 DEFAULT_DAYS = 180
@@ -166,7 +166,7 @@ def retention(days: int, dry_run: bool, as_json: bool) -> None:
     """
     import json
 
-    from orchestrator.config import settings
+    from devdiag_db.config import settings
 
     try:
         report = run_retention(settings(), days=days, dry_run=dry_run, quiet=as_json)

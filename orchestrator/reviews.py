@@ -25,8 +25,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from orchestrator.config import ConnectionSettings
-from orchestrator.db import DatabaseUnavailable, connect
+from devdiag_db.config import ConnectionSettings
+from devdiag_db.db import DatabaseUnavailable, connect
 
 GIB = 1024**3
 CAPACITY_WARNING_BYTES = 5 * GIB
@@ -227,7 +227,7 @@ def print_table(title: str, rows: Sequence[Row], columns: Sequence[str] | None =
 
 def _run(collect: Callable[[ConnectionSettings], dict[str, Any]]) -> dict[str, Any]:
     """Collect a report with one-line errors: database away, views not built, anything else."""
-    from orchestrator.config import settings
+    from devdiag_db.config import settings
 
     try:
         return collect(settings())

@@ -28,6 +28,6 @@ from orchestrator.contract import PUBLIC_VIEWS  # noqa: E402, F401  (re-exported
 
 def grafana_dir() -> Path:
     """The repository's ``grafana/`` folder (provisioning files and dashboard JSON)."""
-    from orchestrator.config import project_dir
+    from devdiag_db.config import project_dir
 
     return project_dir() / "grafana"

@@ -101,7 +101,7 @@ def preview(out: Path, last: str, tenants: tuple[str, ...], environments: tuple[
 
     The same JSON and SQL as in Grafana, with Grafana's macros expanded, run as role grafana.
     """
-    from orchestrator.db import DatabaseUnavailable, connect
+    from devdiag_db.db import DatabaseUnavailable, connect
     from orchestrator.grafana.database import grafana_settings
     from orchestrator.grafana.macros import MacroError
     from orchestrator.grafana.preview import build_preview, parse_span

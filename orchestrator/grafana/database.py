@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from orchestrator import config, embedded
-from orchestrator.config import ConnectionSettings
+from devdiag_db import config, embedded
+from devdiag_db.config import ConnectionSettings
 from orchestrator.secrets import role_password
 
 

@@ -157,7 +157,7 @@ def _kept_grafana_password() -> str | None:
 
 
 def _devdiag_host() -> str:
-    from orchestrator import config, embedded
+    from devdiag_db import config, embedded
 
     external = config.external_settings()
     if external is not None:

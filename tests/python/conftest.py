@@ -22,7 +22,7 @@ def devdiag_home() -> Iterator[Path]:
     Not under pytest's basetemp: a second pytest session resets that tree's permissions and would
     pull the data directory from under this session's server.
     """
-    from orchestrator import embedded
+    from devdiag_db import embedded
 
     home = Path(tempfile.mkdtemp(prefix="devdiag-test-"))
     os.environ["DEVDIAG_HOME"] = str(home)
@@ -35,7 +35,7 @@ def devdiag_home() -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def pg(devdiag_home: Path):
     """Owner connection settings for the session's database, with `devdiag setup` applied."""
-    from orchestrator import config
+    from devdiag_db import config
     from orchestrator.provision import setup
 
     settings = config.settings()
@@ -68,7 +68,7 @@ def own_database(pg, name: str, *, setup: bool = True) -> Iterator:
     import psycopg
     from psycopg import sql
 
-    from orchestrator.config import ConnectionSettings
+    from devdiag_db.config import ConnectionSettings
     from orchestrator.provision import setup as run_setup
 
     drop = sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))

@@ -22,10 +22,11 @@ from click.testing import CliRunner
 from conftest import own_database
 from psycopg import sql
 
+from devdiag_db import embedded
+from devdiag_db.config import ConnectionSettings
 from orchestrator import alerts as alerts_module
-from orchestrator import dbt, embedded
+from orchestrator import dbt
 from orchestrator.alerts import AlertRule, RuleError, evaluate, load_rules, run_rule_sql
-from orchestrator.config import ConnectionSettings
 from orchestrator.secrets import role_password
 
 DB = "devdiag_alerts_test"

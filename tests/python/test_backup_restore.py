@@ -3,6 +3,8 @@
 The backup is taken once from the demo database; every restore goes to a database of its own,
 dropped afterwards. Faults: database down, wrong password, no pg_dump, an old pg_dump, a read-only
 or full backup directory, a lock held by another backup, corrupt, truncated and incomplete files.
+Attacks (section "signatures and the restricted role"): tampered, re-signed and unsigned files, and
+malicious SQL restored with --trust-unsigned, which must fail closed as the restricted role.
 """
 
 from __future__ import annotations
@@ -28,19 +30,23 @@ import pytest
 from click.testing import CliRunner
 from psycopg import sql
 
-from orchestrator import embedded
+from devdiag_db import embedded
+from devdiag_db.config import ConnectionSettings
 from orchestrator.backup import (
     LOCK_NAME,
+    SIGNATURE_LEN,
+    SIGNATURE_PREFIX,
     TRAILER,
     backup,
     backup_name,
     child_conninfo,
     child_env,
     rotate,
+    sign,
     verify_backup,
 )
-from orchestrator.config import ConnectionSettings
-from orchestrator.restore import PUBLIC_VIEWS, RAW_INDEXES, restore, target_settings
+from orchestrator.restore import PUBLIC_VIEWS, RAW_INDEXES, RESTORE_ROLE, restore, target_settings
+from orchestrator.secrets import backup_key, backup_key_file
 
 TODAY = datetime.now(UTC).date()
 QUICK = ["--no-health"]  # the dbt health checks take seconds: run them in one restore test only
@@ -138,10 +144,21 @@ def backup_file(demo_db, backup_dir) -> Path:
     return Path(json.loads(result.stdout)["file"])
 
 
-def rewrite(source: Path, target: Path, edit) -> Path:
-    """A copy of a backup with its SQL text edited (and compressed again, so the gzip itself is valid)."""
-    text = gzip.decompress(source.read_bytes())
-    target.write_bytes(gzip.compress(edit(text)))
+def divide_by_zero(text: bytes) -> bytes:
+    return text.replace(b"\n-- devdiag epilogue", b"\nSELECT 1/0;\n-- devdiag epilogue")
+
+
+def sql_text(source: Path) -> bytes:
+    """The backup's SQL without its signature line."""
+    return gzip.decompress(source.read_bytes()[:-SIGNATURE_LEN])
+
+
+def rewrite(source: Path, target: Path, edit, *, resign: bool = True) -> Path:
+    """A copy of a backup with its SQL text edited (and compressed again, so the gzip itself is valid);
+    signed again with this machine's key unless ``resign`` is False (then it is unsigned)."""
+    target.write_bytes(gzip.compress(edit(sql_text(source))))
+    if resign:
+        sign(target, backup_key())
     return target
 
 
@@ -155,7 +172,8 @@ def test_backup_is_a_verified_plain_sql_gzip(demo_db, backup_dir, backup_file):
     assert subprocess.run(["gzip", "-t", str(backup_file)], check=False).returncode == 0
     text = gzip.decompress(backup_file.read_bytes())
     assert b"-- PostgreSQL database dump complete" in text
-    assert text.rstrip().endswith(TRAILER)
+    *_, trailer, signature = text.rstrip().split(b"\n")
+    assert trailer == TRAILER and signature.startswith(SIGNATURE_PREFIX + b"hmac-sha256 ")  # a comment for psql
     assert b"CREATE SCHEMA devdiag;" in text and b"COPY devdiag.diag_run " in text
     contents = verify_backup(backup_file)
     raw_rows, _ = fingerprint(demo_db)
@@ -452,7 +470,9 @@ def test_a_failing_forced_restore_changes_nothing(demo_db, backup_file, database
         conn.execute("delete from devdiag.diag_run where id in (select id from devdiag.diag_run limit 7)")
     before = fingerprint(target)
     broken = rewrite(
-        backup_file, tmp_path / backup_file.name, lambda t: t.replace(b"\n-- devdiag epilogue", b"\nSELECT 1/0;\n--\n")
+        backup_file,
+        tmp_path / backup_file.name,
+        divide_by_zero,
     )
     result = run(restore, [*QUICK, broken, "--db", name, "--force"])
     assert_one_line_error(result, "division by zero", "nothing was restored")
@@ -462,7 +482,9 @@ def test_a_failing_forced_restore_changes_nothing(demo_db, backup_file, database
 def test_a_failing_restore_into_a_new_database_leaves_no_database(demo_db, backup_file, databases, tmp_path):
     databases.append("devdiag_never")
     broken = rewrite(
-        backup_file, tmp_path / backup_file.name, lambda t: t.replace(b"\n-- devdiag epilogue", b"\nSELECT 1/0;\n--\n")
+        backup_file,
+        tmp_path / backup_file.name,
+        divide_by_zero,
     )
     assert_one_line_error(run(restore, [*QUICK, broken, "--db", "devdiag_never"]), "division by zero")
     assert not database_exists(demo_db, "devdiag_never")
@@ -554,10 +576,13 @@ def test_restore_wrong_password_is_one_line(pg, backup_file):
     assert_one_line_error(result, "refused the credentials", secret="not-the-password-42")
 
 
-def test_restore_without_psql_is_one_line(pg, backup_file, no_bundled_binaries):
-    env = external_env(pg, PATH=str(no_bundled_binaries))
-    assert_one_line_error(run(restore, [*QUICK, backup_file, "--db", "devdiag_nopsql"], env=env), "no psql found")
-    assert not database_exists(pg, "devdiag_nopsql")
+def test_restore_needs_no_psql(demo_db, backup_file, databases, no_bundled_binaries):
+    """The SQL goes through our own connection (psql would also run the file's backslash commands)."""
+    databases.append("devdiag_nopsql")
+    env = external_env(demo_db, PATH=str(no_bundled_binaries))
+    result = run(restore, [*QUICK, backup_file, "--db", "devdiag_nopsql", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    assert fingerprint(target_settings(demo_db, "devdiag_nopsql")) == fingerprint(demo_db)
 
 
 # --- progress on a terminal ---------------------------------------------------------------------------
@@ -590,3 +615,204 @@ def test_progress_shows_on_a_terminal_and_not_under_json(demo_db, tmp_path):
     assert code == 0 and "backup:" in shown and "rows" in shown
     code, shown = run_on_a_terminal(["--dir", str(tmp_path / "b"), "--json"])
     assert code == 0 and shown == ""
+
+
+# --- signatures and the restricted role ---------------------------------------------------------------
+
+
+@pytest.fixture
+def proof_dir() -> Iterator[Path]:
+    """A directory the server's OS user could write to: a proof file there means the attack ran."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="devdiag-proof-"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def malicious(source: Path, target: Path, statement: bytes) -> bytes:
+    """The backup's SQL with ``statement`` added before the epilogue (unsigned)."""
+    text = sql_text(source).replace(b"\n-- devdiag epilogue", b"\n" + statement + b"\n-- devdiag epilogue")
+    target.write_bytes(gzip.compress(text))
+    return text
+
+
+def signature_member(source: Path) -> bytes:
+    return source.read_bytes()[-SIGNATURE_LEN:]
+
+
+def test_a_tampered_backup_is_refused_before_anything_is_touched(demo_db, backup_file, tmp_path, proof_dir):
+    """The attack: a `COPY ... TO PROGRAM` line added to a signed file (its signature kept, now wrong)."""
+    proof = proof_dir / "proof.txt"
+    tampered = tmp_path / "tampered.sql.gz"
+    malicious(backup_file, tampered, f"COPY (select 1) TO PROGRAM 'id > {proof}';".encode())
+    tampered.write_bytes(tampered.read_bytes() + signature_member(backup_file))
+    result = run(restore, [*QUICK, tampered, "--db", "devdiag_tampered"])
+    assert_one_line_error(result, "altered", "signature", "--trust-unsigned", "nothing was restored")
+    assert not database_exists(demo_db, "devdiag_tampered") and not proof.exists()
+    assert backup_key() not in result.output.encode()
+
+
+def test_with_trust_unsigned_a_malicious_backup_fails_closed(demo_db, backup_file, tmp_path, proof_dir):
+    """The same file with --trust-unsigned: its SQL runs as devdiag_restore, which may not run programs."""
+    proof = proof_dir / "proof.txt"
+    evil = tmp_path / "evil.sql.gz"
+    malicious(backup_file, evil, f"COPY (select 1) TO PROGRAM 'id > {proof}';".encode())
+    result = run(restore, [*QUICK, evil, "--db", "devdiag_evil", "--trust-unsigned"])
+    assert_one_line_error(result, "permission denied", "external program", "nothing was restored")
+    assert not proof.exists()
+    assert not database_exists(demo_db, "devdiag_evil")  # the database it created is gone again
+    with admin(demo_db) as conn:
+        assert conn.execute("select rolcanlogin from pg_roles where rolname = %s", (RESTORE_ROLE,)).fetchone() == (
+            False,
+        )
+
+
+@pytest.mark.parametrize(
+    "statement, needle",
+    [
+        (b"SELECT pg_read_file('/etc/passwd');", "permission denied"),
+        (b"COPY devdiag.fix_catalog FROM '/etc/passwd';", "permission denied"),
+        (b"CREATE ROLE devdiag_evil SUPERUSER LOGIN;", "permission denied"),
+        (b"ALTER ROLE devdiag_restore SUPERUSER;", "permission denied"),
+        (b"SET ROLE postgres;", "permission denied"),
+        (b"SET SESSION AUTHORIZATION postgres;", "permission denied"),
+        (b"CREATE EXTENSION adminpack;", "adminpack"),  # untrusted extension, or not installed: refused either way
+        (b"COMMIT; SELECT 1;", "ends the restore's transaction"),
+        (b"CREATE FUNCTION devdiag.f() RETURNS int SECURITY DEFINER LANGUAGE sql AS 'select 1';", "SECURITY DEFINER"),
+        (b"CREATE VIEW devdiag.v_secrets AS SELECT rolname, rolpassword FROM pg_catalog.pg_authid;", "pg_authid"),
+        (b"CREATE RULE r AS ON INSERT TO devdiag.fix_catalog DO ALSO NOTIFY devdiag;", "defines rule r"),
+        (
+            b"CREATE FUNCTION devdiag.g(text) RETURNS text IMMUTABLE LANGUAGE sql AS 'select $1';\n"
+            b"CREATE INDEX ix_g ON devdiag.fix_catalog (devdiag.g(fix_id));",
+            "VACUUM/ANALYZE",
+        ),
+    ],
+    ids=["read-file", "copy-from-file", "create-superuser", "alter-self", "set-role", "session-auth", "extension",
+         "commit-escape", "security-definer", "view-over-pg_authid", "rule", "index-function"],
+)  # fmt: skip
+def test_what_the_restricted_role_cannot_do(demo_db, backup_file, tmp_path, statement, needle):
+    name = "devdiag_attack"
+    evil = tmp_path / "attack.sql.gz"
+    malicious(backup_file, evil, statement)
+    try:
+        result = run(restore, [*QUICK, evil, "--db", name, "--trust-unsigned"])
+        assert_one_line_error(result, needle)
+        assert not database_exists(demo_db, name)
+        with admin(demo_db) as conn:
+            assert conn.execute("select rolsuper from pg_roles where rolname = %s", (RESTORE_ROLE,)).fetchone() == (
+                False,
+            )
+            assert conn.execute("select 1 from pg_roles where rolname = 'devdiag_evil'").fetchone() is None
+    finally:
+        drop_database(demo_db, name)
+
+
+def test_psql_backslash_commands_in_a_backup_never_run(demo_db, backup_file, tmp_path, proof_dir):
+    """psql would run `\\!` on this machine as whoever restores; our loader sends SQL only."""
+    proof = proof_dir / "client-proof.txt"
+    evil = tmp_path / "shell.sql.gz"
+    malicious(backup_file, evil, f"\\! touch {proof}".encode())
+    result = run(restore, [*QUICK, evil, "--db", "devdiag_shell", "--trust-unsigned"])
+    assert_one_line_error(result, "syntax error", "nothing was restored")
+    assert not proof.exists() and not database_exists(demo_db, "devdiag_shell")
+
+
+def test_a_backup_re_signed_without_the_key_is_refused(demo_db, backup_file, tmp_path):
+    """An attacker who edits the file and signs it with a key of their own, or who forges our key id."""
+    edited = rewrite(backup_file, tmp_path / "resigned.sql.gz", lambda t: t + b"SELECT 1;\n", resign=False)
+    sign(edited, b"the-attackers-own-key-0123456789")
+    result = run(restore, [*QUICK, edited, "--db", "devdiag_resigned"])
+    assert_one_line_error(result, "another backup key", "--key-file", "--trust-unsigned")
+    forged = tmp_path / "forged.sql.gz"
+    body = edited.read_bytes()[:-SIGNATURE_LEN]
+    ours = gzip.decompress(signature_member(backup_file))  # our key id, a MAC of another file
+    forged.write_bytes(body + gzip.compress(ours, compresslevel=0, mtime=0))
+    assert_one_line_error(run(restore, [*QUICK, forged, "--db", "devdiag_resigned"]), "altered")
+    assert not database_exists(demo_db, "devdiag_resigned")
+
+
+def test_an_unsigned_legacy_backup_needs_trust_unsigned(demo_db, backup_file, databases, tmp_path):
+    legacy = tmp_path / "legacy.sql.gz"
+    legacy.write_bytes(backup_file.read_bytes()[:-SIGNATURE_LEN])  # what `devdiag backup` wrote before signing
+    result = run(restore, [*QUICK, legacy, "--db", "devdiag_legacy"])
+    assert_one_line_error(result, "no devdiag signature", "--trust-unsigned", "nothing was restored")
+    assert not database_exists(demo_db, "devdiag_legacy")
+    databases.append("devdiag_legacy")
+    result = run(restore, [*QUICK, legacy, "--db", "devdiag_legacy", "--trust-unsigned", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["ok"] and report["signed"] is False
+    assert any("unsigned" in w for w in report["warnings"])
+    assert fingerprint(target_settings(demo_db, "devdiag_legacy")) == fingerprint(demo_db)
+
+
+def test_restored_objects_belong_to_the_owner_and_the_role_keeps_nothing(demo_db, backup_file, databases):
+    name = "devdiag_owned"
+    databases.append(name)
+    result = run(restore, [*QUICK, backup_file, "--db", name, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["signed"] is True and report["warnings"] == []
+    with psycopg.connect(target_settings(demo_db, name).conninfo()) as conn:
+        owners = conn.execute(
+            "select distinct pg_get_userbyid(relowner) from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+            "where n.nspname = 'devdiag' union select pg_get_userbyid(nspowner) from pg_namespace "
+            "where nspname = 'devdiag' union select distinct pg_get_userbyid(proowner) from pg_proc p "
+            "join pg_namespace n on n.oid = p.pronamespace where n.nspname = 'devdiag'"
+        ).fetchall()
+        assert owners == [("postgres",)]  # as `devdiag setup` owns them: builds and retention work as before
+        role = conn.execute(
+            "select rolsuper, rolcreaterole, rolcreatedb, rolcanlogin, "
+            "(select count(*) from pg_auth_members m where m.member = r.oid) from pg_roles r where rolname = %s",
+            (RESTORE_ROLE,),
+        ).fetchone()
+        assert role == (False, False, False, False, 0)
+        assert not conn.execute(
+            "select has_database_privilege(%s, current_database(), 'create')", (RESTORE_ROLE,)
+        ).fetchone()[0]
+    later = run(restore, [*QUICK, backup_file, "--db", name, "--force"])  # the role can take the schema over again
+    assert later.exit_code == 0, later.output
+
+
+def test_a_restore_role_given_privileges_is_refused(demo_db, backup_file):
+    with admin(demo_db) as conn:
+        conn.execute(f"create role {RESTORE_ROLE} nologin") if not conn.execute(
+            "select 1 from pg_roles where rolname = %s", (RESTORE_ROLE,)
+        ).fetchone() else None
+        conn.execute(f"grant pg_execute_server_program to {RESTORE_ROLE}")
+    try:
+        result = run(restore, [*QUICK, backup_file, "--db", "devdiag_privileged"])
+        assert_one_line_error(result, "member of pg_execute_server_program", "revoke", "nothing was restored")
+        assert not database_exists(demo_db, "devdiag_privileged")
+    finally:
+        with admin(demo_db) as conn:
+            conn.execute(f"revoke pg_execute_server_program from {RESTORE_ROLE}")
+
+
+def test_restore_without_the_key_names_where_it_is_looked_for(demo_db, backup_file, tmp_path):
+    env = external_env(demo_db, DEVDIAG_HOME=str(tmp_path / "elsewhere"), DEVDIAG_BACKUP_KEY="")
+    result = run(restore, [*QUICK, backup_file, "--db", "devdiag_nokey"], env=env)
+    assert_one_line_error(result, "no backup key", "backup.key", "--key-file", "DEVDIAG_BACKUP_KEY")
+    assert not database_exists(demo_db, "devdiag_nokey")
+
+
+def test_the_key_can_come_from_a_file_or_the_environment(demo_db, backup_file, databases, tmp_path):
+    key = backup_key_file()
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    copied = tmp_path / "backup.key"
+    copied.write_bytes(key.read_bytes())
+    env = external_env(demo_db, DEVDIAG_HOME=str(tmp_path / "new-machine"))
+    databases.extend(["devdiag_keyfile", "devdiag_keyenv"])
+    result = run(restore, [*QUICK, backup_file, "--db", "devdiag_keyfile", "--key-file", copied], env=env)
+    assert result.exit_code == 0, result.output
+    env["DEVDIAG_BACKUP_KEY"] = "an operator-chosen key of 32 chars"
+    out = tmp_path / "env-signed"
+    made = run(backup, ["--dir", out, "--json"], env=env)
+    assert made.exit_code == 0, made.output
+    signed_file = json.loads(made.stdout)["file"]
+    assert run(restore, [*QUICK, signed_file, "--db", "devdiag_keyenv"], env=env).exit_code == 0
+    refused = run(restore, [*QUICK, signed_file, "--db", "devdiag_keyenv2"])  # this machine's own key: another one
+    assert_one_line_error(refused, "another backup key")
+    assert "operator-chosen" not in made.output + refused.output

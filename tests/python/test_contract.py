@@ -2,7 +2,7 @@
 
 import re
 
-from orchestrator.config import project_dir
+from devdiag_db.config import project_dir
 from orchestrator.contract import PUBLIC_VIEWS, RAW_INDEXES
 
 

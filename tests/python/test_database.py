@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from orchestrator import embedded
+from devdiag_db import embedded
 from orchestrator.cli import main
 from orchestrator.contract import RAW_INDEXES
 from orchestrator.secrets import role_password, scram_verifier, secrets_file

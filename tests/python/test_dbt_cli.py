@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from conftest import own_database
 
-from orchestrator import embedded
+from devdiag_db import embedded
 from orchestrator.contract import PUBLIC_VIEWS
 
 ROOT = Path(__file__).resolve().parents[2]

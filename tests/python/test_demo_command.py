@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import own_database
 
-from orchestrator import embedded
+from devdiag_db import embedded
 from orchestrator.cli import main
 
 DB = "devdiag_demo_command"

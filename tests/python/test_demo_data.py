@@ -11,6 +11,8 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from conftest import own_database
 
+from devdiag_db.config import ConnectionSettings
+from devdiag_db.db import connect
 from mcp_devdiag import ids
 from mcp_devdiag.catalog import load_catalog
 from mcp_devdiag.classifier import classify
@@ -18,8 +20,6 @@ from mcp_devdiag.environment import canonical
 from mcp_devdiag.redaction import redact
 from mcp_devdiag.writer import RunRow
 from orchestrator import demo_data
-from orchestrator.config import ConnectionSettings
-from orchestrator.db import connect
 
 SCALES = (2_000, 20_000)
 WIDE = "wide"  # the scale benchmark's shape at a small run count: 50 tenants, 60 problem codes

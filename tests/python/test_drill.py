@@ -105,7 +105,7 @@ def test_drill_database_down_is_one_line(pg):
 
 
 def test_drill_wrong_password_is_one_line(pg):
-    from orchestrator import embedded
+    from devdiag_db import embedded
 
     env = {
         "DEVDIAG_PG_HOST": f"127.0.0.1:{embedded.status().port}",
@@ -119,10 +119,31 @@ def test_drill_wrong_password_is_one_line(pg):
 
 
 def test_drill_without_pg_dump_is_one_line_and_creates_nothing(demo_db, tmp_path, monkeypatch):
-    from orchestrator import embedded
+    from devdiag_db import embedded
 
     monkeypatch.setattr(embedded, "bin_dir", lambda: tmp_path)  # no bundled programs
     result = run(["--json"])
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 1 and len(lines) == 1 and "no pg_dump found" in lines[0], result.output
+    assert not database_exists(demo_db, "devdiag_drill")
+
+
+def test_drill_restores_its_signed_backup_as_the_restricted_role(demo_db, tmp_path):
+    key = tmp_path / "drill.key"
+    key.write_text("a drill key of at least 16 bytes\n")
+    result = run(["--json", "--key-file", str(key)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["passed"] is True
+    with psycopg.connect(demo_db.conninfo(dbname="postgres")) as conn:
+        role = conn.execute("select rolsuper, rolcanlogin from pg_roles where rolname = 'devdiag_restore'").fetchone()
+    assert role == (False, False)  # it restored the drill's backup, and can no longer log in
+
+
+def test_drill_with_a_bad_key_file_is_one_line_and_creates_nothing(demo_db, tmp_path):
+    key = tmp_path / "short.key"
+    key.write_text("short")
+    result = run(["--json", "--key-file", str(key)])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and "shorter than 16 bytes" in lines[0], result.output
+    assert "short" not in lines[0].split("bytes", 1)[1]  # the key itself is never printed
     assert not database_exists(demo_db, "devdiag_drill")

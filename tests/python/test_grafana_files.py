@@ -13,8 +13,8 @@ import click
 import pytest
 import yaml
 
+from devdiag_db.config import project_dir
 from orchestrator import alerts
-from orchestrator.config import project_dir
 from orchestrator.grafana import (
     ALERT_FOLDER_TITLE,
     DASHBOARD_TITLE,

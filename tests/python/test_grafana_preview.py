@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from orchestrator.config import project_dir
+from devdiag_db.config import project_dir
 from orchestrator.grafana import files
 from orchestrator.grafana.cli import grafana
 

@@ -17,9 +17,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from devdiag_db.config import ConnectionSettings
+from devdiag_db.db import connect
 from orchestrator import alerts
-from orchestrator.config import ConnectionSettings
-from orchestrator.db import connect
 from orchestrator.grafana import alerting, dashboard, files, macros, preview
 from orchestrator.grafana.charts import NUMERIC_TYPES, TIME_TYPES, Frame, is_number, time_series
 from orchestrator.grafana.database import grafana_settings

@@ -20,9 +20,9 @@ import pytest
 import yaml
 from psycopg import sql
 
+from devdiag_db.config import ConnectionSettings, project_dir
 from mcp_devdiag.writer import COLUMNS as WRITER_COLUMNS
 from orchestrator import dbt
-from orchestrator.config import ConnectionSettings, project_dir
 from orchestrator.contract import PUBLIC_VIEWS, RAW_INDEXES
 from orchestrator.health import CHECKS, HealthCheck, run_health
 

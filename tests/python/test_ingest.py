@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner
+from malformed_lines import malformed_lines
 
 from mcp_devdiag.ids import uuid7
 from mcp_devdiag.writer import COLUMNS, RunRow
@@ -468,7 +469,7 @@ def test_load_file_without_a_second_connection(pg, tmp_path):
 
 
 def test_no_second_connection_still_loads(pg, tmp_path):
-    from orchestrator.db import DatabaseUnavailable
+    from devdiag_db.db import DatabaseUnavailable
     from orchestrator.ingest import load_file
 
     def refuse() -> psycopg.Connection:
@@ -488,3 +489,45 @@ def test_truncated_gzip_is_a_one_line_error(pg, tmp_path):
     result = invoke(str(path))
     assert result.exit_code == 1
     assert result.output.strip().count("\n") == 0 and "cannot be read to the end" in result.output
+
+
+# --- hostile lines: each one a bad line by number, never fatal -------------------------------------
+
+
+@pytest.mark.parametrize(("name", "raw"), malformed_lines(good(0, tenant="hostile")), ids=lambda v: str(v)[:30])
+def test_a_malformed_line_is_a_bad_line_not_a_crash(name, raw):
+    verdict = parse_line_to_row(raw)
+    if name == "escaped NUL in a label":  # valid JSON, a valid row: the database refuses it (below)
+        assert isinstance(verdict, tuple)
+    else:
+        assert isinstance(verdict, str) and verdict, verdict
+
+
+def test_no_malformed_line_is_fatal_to_a_load(pg, tmp_path):
+    tenant = f"hostile-{uuid.uuid4().hex[:8]}"
+    rows = [good(i, tenant=tenant) for i in range(len(malformed_lines(good(0, tenant=tenant))) + 1)]
+    lines, bad_numbers = [json.dumps(rows[0]).encode()], []
+    for i, (_, raw) in enumerate(malformed_lines({**rows[0], "id": str(uuid7(T0 - timedelta(days=1)))}), start=1):
+        lines.append(raw)
+        bad_numbers.append(len(lines))
+        lines.append(json.dumps(rows[i]).encode())
+    outcome = {"outcome": {"run_id": rows[0]["run_id"], "resolution": "fixed", "at": T0.isoformat()}}
+    lines.append(json.dumps(outcome).encode())
+    path = tmp_path / "hostile.jsonl"
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+
+    result = invoke(str(path), "--json")
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    report = json.loads(result.output)
+    assert [b["line"] for b in report["bad_lines"]] == bad_numbers, report["bad_lines"]
+    assert report["inserted"] == len(rows) and report["outcomes_applied"] == 1
+    assert count(pg, tenant) == len(rows)
+
+    text = invoke(str(path))  # the human report: one line a bad line, exit 0 as before
+    assert text.exit_code == 0 and "Traceback" not in text.output
+    assert f"line {bad_numbers[0]}: JSON nested deeper than" in text.output
+    assert f"... and {len(bad_numbers) - 20} more" in text.output
+    assert any("line of 3,145,7" in b["error"] for b in report["bad_lines"] if b["line"] == bad_numbers[-1])
+
+    strict = invoke(str(path), "--strict")
+    assert strict.exit_code == 1 and f"first: line {bad_numbers[0]}: JSON nested deeper" in strict.output

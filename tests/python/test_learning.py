@@ -27,12 +27,12 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
+from devdiag_db.config import ConnectionSettings
 from mcp_devdiag.catalog import Problem, load_catalog
 from mcp_devdiag.ids import uuid7
 from mcp_devdiag.learning import FixScore, Learner, explore, ranked
 from mcp_devdiag.writer import RunRow, record_outcome, write_runs
 from orchestrator import dbt
-from orchestrator.config import ConnectionSettings
 from orchestrator.provision import setup
 
 pytestmark = pytest.mark.slow  # a dbt run and four simulated worlds: ~25 s

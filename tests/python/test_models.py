@@ -17,8 +17,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from devdiag_db.config import ConnectionSettings
 from orchestrator import dbt
-from orchestrator.config import ConnectionSettings
 
 DATABASE = "devdiag_test_models"
 
@@ -275,7 +275,7 @@ def test_aggregates_are_tables_indexed_for_the_runbook_filters(conn: psycopg.Con
 
 
 def grafana_settings(built: Built) -> ConnectionSettings:
-    from orchestrator.embedded import tcp_settings
+    from devdiag_db.embedded import tcp_settings
     from orchestrator.secrets import role_password
 
     base = tcp_settings("grafana", role_password("grafana"))

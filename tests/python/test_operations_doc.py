@@ -51,16 +51,18 @@ from psycopg import sql
 from test_cron import FAKE_CRONTAB
 from test_grafana_import import TOKEN, FakeGrafana, serve
 
-from orchestrator import dbt, embedded
+from devdiag_db import embedded
+from devdiag_db.config import ConnectionSettings
+from orchestrator import dbt
 from orchestrator.backup import run_backup
 from orchestrator.cli import main
-from orchestrator.config import ConnectionSettings
 from orchestrator.demo_data import refresh_demo
 from orchestrator.provision import setup
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "operations.md"
-COMMAND_DOCS = [DOC, ROOT / "docs" / "grafana.md", ROOT / "docs" / "mcp-server.md", ROOT / "README.md"]
+COMMAND_DOCS = [DOC, *(ROOT / "docs" / n for n in ("grafana.md", "mcp-server.md", "team-service.md"))]
+COMMAND_DOCS.append(ROOT / "README.md")
 DB = "devdiag_opsdoc"
 DB_GUNZIP = f"{DB}_gunzip"  # target of the spec's `gunzip -c FILE | psql URL` line
 DB_NEW = f"{DB}_new"  # DR scenario 3's new server

@@ -19,8 +19,9 @@ import pytest
 from click.testing import CliRunner
 from conftest import own_database
 
-from orchestrator import embedded, retention
-from orchestrator.config import ConnectionSettings
+from devdiag_db import embedded
+from devdiag_db.config import ConnectionSettings
+from orchestrator import retention
 from orchestrator.retention import RetentionReport, run_retention
 
 DB = "devdiag_retention_test"

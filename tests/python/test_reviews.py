@@ -19,8 +19,8 @@ import pytest
 from click.testing import CliRunner
 from psycopg import sql
 
+from devdiag_db.config import ConnectionSettings
 from orchestrator import reviews
-from orchestrator.config import ConnectionSettings
 from orchestrator.contract import RAW_INDEXES
 
 
@@ -100,7 +100,7 @@ def test_a_database_that_is_down_is_one_line_and_exit_1(name):
 
 @pytest.mark.parametrize("name", COMMANDS)
 def test_a_wrong_password_is_named_and_never_printed(pg, name):
-    from orchestrator import embedded
+    from devdiag_db import embedded
 
     wrong = embedded.tcp_settings("grafana", "wrong-password-77")
     result = invoke(COMMANDS[name], env={"DEVDIAG_PG_DSN": wrong.conninfo()})

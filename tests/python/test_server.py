@@ -95,7 +95,7 @@ def test_five_tools_with_schemas_annotations_and_version(make):
             return client.server_info, (await client.list_tools()).tools
 
     info, tools = asyncio.run(go())
-    assert info is not None and info.version == importlib.metadata.version("mcp-devdiag")
+    assert info is not None and info.version == importlib.metadata.version("devdiag")
     by_name = {t.name: t for t in tools}
     assert set(by_name) == {"diagnose", "record_outcome", "suggest_fixes", "list_problems", "recent_problems"}
     for tool in tools:

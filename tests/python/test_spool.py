@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import os
 import random
+import stat
 import threading
 import time
 import uuid
@@ -14,16 +17,17 @@ from pathlib import Path
 import psycopg
 import pytest
 from click.testing import CliRunner
+from malformed_lines import malformed_lines
 from mcp.client import Client
 
+from devdiag_db import embedded
+from devdiag_db.config import ConnectionSettings
 from mcp_devdiag.ids import uuid7
 from mcp_devdiag.recorder import Recorder
 from mcp_devdiag.server import build_server
 from mcp_devdiag.settings import DatabaseTarget, ServerSettings
-from mcp_devdiag.spool import PENDING, REJECTED, Outcome, Spool
+from mcp_devdiag.spool import PENDING, REJECTED, Outcome, Spool, read_lines
 from mcp_devdiag.writer import RunRow
-from orchestrator import embedded
-from orchestrator.config import ConnectionSettings
 from orchestrator.ingest import flush, load_file
 from orchestrator.secrets import role_password
 
@@ -127,7 +131,7 @@ def test_database_stopped_mid_stream_loses_nothing_and_duplicates_nothing(pg, tm
     assert sorted(latencies["down"])[len(latencies["down"]) // 2] < 0.5
 
     report = run_flush(tmp_path / "spool")
-    assert report["left_bytes"] == 0 and not report["rejected"]
+    assert report["left_bytes"] == 0 and not report["rejected"], report["rejected"]
     run_ids = [c["run_id"] for c in calls]
     rows = stored(pg, run_ids)
     assert sorted(r[0] for r in rows) == sorted(run_ids), "every run present exactly once"
@@ -259,3 +263,99 @@ def test_flush_with_an_empty_spool_says_so(tmp_path, bad):
         (tmp_path / "spool" / PENDING).write_text("")
     result = CliRunner().invoke(flush, [], env={"DEVDIAG_SPOOL_DIR": str(tmp_path / "spool")})
     assert result.exit_code == 0 and "nothing to replay" in result.output
+
+
+# --- hostile lines: each one rejected alone, never fatal ------------------------------------------
+
+
+def poisoned_spool(directory: Path) -> tuple[list[RunRow], list[int], Outcome]:
+    """pending.jsonl with a good row before and after each malformed line, and an outcome at the end;
+    returns the good rows, the line numbers of the bad lines, the outcome."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    good: list[RunRow] = [row()]
+    lines = [json.dumps(good[0].to_json()).encode()]
+    bad_numbers = []
+    for _, raw in malformed_lines(good[0].to_json()):
+        lines.append(raw)
+        bad_numbers.append(len(lines))
+        good.append(row())
+        lines.append(json.dumps(good[-1].to_json()).encode())
+    outcome = Outcome(resolution="failed", at=datetime.now(UTC), run_id=str(good[0].run_id))
+    lines.append(json.dumps(outcome.to_json()).encode())
+    fd = os.open(directory / PENDING, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "wb") as fh:
+        fh.write(b"".join(line + b"\n" for line in lines))
+    return good, bad_numbers, outcome
+
+
+def test_no_malformed_line_is_fatal_to_flush(pg, tmp_path):
+    spool_dir = tmp_path / "spool"
+    good, bad_numbers, _ = poisoned_spool(spool_dir)
+    report = run_flush(spool_dir)
+    rejected = {int(entry.split(":")[1]): entry for entry in report["rejected"]}
+    assert sorted(rejected) == bad_numbers, report["rejected"]
+    assert all(entry.split(": ", 1)[1] for entry in rejected.values()), "each with a reason"
+    assert "nested deeper than" in rejected[bad_numbers[0]]
+    assert "longer than 1,048,576" in rejected[bad_numbers[-1]]
+    assert report["left_bytes"] == 0 and report["outcomes_applied"] == 1
+    rows = stored(pg, [str(r.run_id) for r in good])
+    assert len(rows) == len(good), "every good line around the bad ones loaded"
+    assert [r[2] for r in rows if r[0] == str(good[0].run_id)] == ["failed"]
+    kept = [json.loads(line) for line in (spool_dir / REJECTED).read_text().splitlines()]
+    assert sorted(int(k["where"].split(":")[1]) for k in kept) == bad_numbers
+    gigantic = next(k for k in kept if int(k["where"].split(":")[1]) == bad_numbers[-1])
+    assert 60_000 < len(gigantic["line"]) < 70_000, "a gigantic line is kept cut"
+
+
+def test_a_poisoned_spool_does_not_stop_diagnose(pg, tmp_path):
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir(mode=0o700)
+    (spool_dir / PENDING).write_bytes(b"[" * 100_000 + b"]" * 100_000 + b"\n" + b"9" * 5_000 + b"\n")
+    right = DatabaseTarget(embedded.tcp_settings("devdiag_writer", role_password("devdiag_writer")))
+    server, app = build_server(settings(tmp_path, right))
+
+    async def twice() -> list[dict]:
+        async with Client(server) as client:
+            return [(await client.call_tool("diagnose", {"error_text": e})).structured_content for e in ERRORS[:2]]
+
+    try:
+        results = asyncio.run(twice())
+    finally:
+        app.recorder.close()
+    assert [r["recorded"] for r in results] == ["database", "database"], results[0]["notes"]
+    reasons = [json.loads(line)["reason"] for line in (spool_dir / REJECTED).read_text().splitlines()]
+    assert reasons == ["JSON nested deeper than 8 levels", "an integer with more than 4,300 digits"]
+
+
+def test_spool_files_are_private_whatever_the_umask(pg, tmp_path):
+    spool = Spool(tmp_path / "spool")
+    old_umask = os.umask(0)
+    try:
+        spool.append_rows([row()])
+        with open(tmp_path / "spool" / PENDING, "a") as fh:
+            fh.write("{torn\n")
+        with psycopg.connect(pg.conninfo(), autocommit=True) as conn:
+            spool.replay(conn)
+        rejected = tmp_path / "spool" / REJECTED
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "spool").iterdir()}
+        assert stat.S_IMODE((tmp_path / "spool").stat().st_mode) == 0o700
+        assert rejected.name in modes and set(modes.values()) == {0o600}, modes
+        rejected.chmod(0o644)  # as an older version left it
+        spool.append_rows([row()])
+        with open(tmp_path / "spool" / PENDING, "a") as fh:
+            fh.write("{torn\n")
+        with psycopg.connect(pg.conninfo(), autocommit=True) as conn:
+            spool.replay(conn)
+        assert stat.S_IMODE(rejected.stat().st_mode) == 0o600
+    finally:
+        os.umask(old_umask)
+
+
+def test_read_lines_bounds_a_line_and_keeps_the_next():
+    fh = io.BytesIO(b"a\n" + b"x" * 100 + b"\nb\nlast")
+    assert list(read_lines(fh, max_bytes=10)) == [
+        (1, b"a\n", None),
+        (2, b"x" * 10, 100),
+        (3, b"b\n", None),
+        (4, b"last", None),
+    ]

@@ -12,10 +12,10 @@ import psycopg
 import pytest
 from conftest import own_database
 
+from devdiag_db.config import ConnectionSettings
+from devdiag_db.db import connect
 from mcp_devdiag import ids
 from mcp_devdiag.writer import ERROR_MSG_CAP, RunRow, record_outcome, write_runs
-from orchestrator.config import ConnectionSettings
-from orchestrator.db import connect
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -199,19 +199,24 @@ def test_malformed_row_writes_nothing_of_its_batch(db) -> None:
 
 
 def test_writer_role_can_write(db) -> None:
-    """The least-privilege role (INSERT, UPDATE, SELECT) is enough for both write paths."""
-    from orchestrator import embedded
+    """The least-privilege role (INSERT, SELECT, UPDATE of the outcome) writes its tenant's runs, by
+    either path, and nothing at all outside a tenant's transaction (row-level security)."""
+    from devdiag_db import embedded
+    from devdiag_db.db import tenant_transaction
     from orchestrator.secrets import role_password
 
     who = tenant()
     tcp = embedded.tcp_settings("devdiag_writer", role_password("devdiag_writer"))
     writer = ConnectionSettings({**tcp.params, "dbname": db.dbname}, embedded=True)
     with connect(writer) as conn:
-        assert write_runs(conn, rows_for(who, 5, T0 + timedelta(days=4000))) == 5
-        assert write_runs(conn, rows_for(who, 5, T0 - timedelta(days=4000))) == 5
-        row = rows_for(who, 1)[0]
-        assert write_runs(conn, [row]) == 1
-        assert record_outcome(conn, run_id=row.run_id, resolution="fixed", at=T0 + timedelta(hours=1)) == 1
+        with tenant_transaction(conn, who):
+            assert write_runs(conn, rows_for(who, 5, T0 + timedelta(days=4000))) == 5
+            assert write_runs(conn, rows_for(who, 5, T0 - timedelta(days=4000))) == 5
+            row = rows_for(who, 1)[0]
+            assert write_runs(conn, [row]) == 1
+            assert record_outcome(conn, run_id=row.run_id, resolution="fixed", at=T0 + timedelta(hours=1)) == 1
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            write_runs(conn, rows_for(who, 1))
 
 
 # --- record_outcome -------------------------------------------------------------------------------

@@ -27,15 +27,43 @@ def devdiag_home() -> Path:
     return Path(base) / "devdiag"
 
 
+# The wheel carries the dbt project and grafana/ here (setup.py copies them at build time); a
+# checkout has them at its root, beside this package.
+PACKAGED_PROJECT = Path(__file__).resolve().parent / "project"
+
+
 def project_dir() -> Path:
-    """The dbt project (the repository root); ``DEVDIAG_PROJECT_DIR`` overrides."""
+    """The dbt project (dbt_project.yml, models, macros, selectors, profile template, grafana/).
+
+    ``DEVDIAG_PROJECT_DIR`` when set; else the checkout this package runs from (editable install,
+    tests), so edits there take effect; else the copy an installed wheel carries. Never the current
+    directory. dbt writes its target/ and logs/ under DEVDIAG_HOME (orchestrator.dbt), so the
+    installed copy may be read-only.
+    """
     explicit = os.environ.get("DEVDIAG_PROJECT_DIR")
-    root = Path(explicit) if explicit else Path(__file__).resolve().parent.parent
-    if not (root / "dbt_project.yml").is_file():
-        raise click.ClickException(
-            f"no dbt_project.yml in {root}: run from a checkout (pip install -e .) or set DEVDIAG_PROJECT_DIR"
-        )
-    return root
+    if explicit:
+        root = Path(explicit).expanduser().resolve()
+        if not (root / "dbt_project.yml").is_file():
+            raise click.ClickException(
+                f"no dbt_project.yml in DEVDIAG_PROJECT_DIR={root}: point it at the DevDiag dbt project or unset it"
+            )
+        return root
+    checkout = PACKAGED_PROJECT.parent.parent
+    for root in (checkout, PACKAGED_PROJECT):
+        if (root / "dbt_project.yml").is_file():
+            return root
+    raise click.ClickException(
+        f"no dbt_project.yml in {checkout} or {PACKAGED_PROJECT}: reinstall {distribution_name()} from a wheel "
+        "or sdist, or `pip install -e .` in a checkout, or set DEVDIAG_PROJECT_DIR"
+    )
+
+
+def distribution_name() -> str:
+    """The name this code was installed under (from its metadata, never spelled out here)."""
+    import importlib.metadata
+
+    names = importlib.metadata.packages_distributions().get(__name__.partition(".")[0], [])
+    return names[0] if names else "DevDiag"
 
 
 @dataclass(frozen=True)
@@ -121,6 +149,6 @@ def settings(*, start: bool = True) -> ConnectionSettings:
     ext = external_settings()
     if ext is not None:
         return ext
-    from orchestrator import embedded
+    from devdiag_db import embedded
 
     return embedded.settings(start=start)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import click
 
-from orchestrator.config import DATABASE, ConnectionSettings, devdiag_home
+from devdiag_db.config import DATABASE, ConnectionSettings, devdiag_home
 
 SYSTEM_USER_WHEN_ROOT = "pgserver"  # postgres refuses to run as root; pgserver uses this user too
 SUPERUSER = "postgres"

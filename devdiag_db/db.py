@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import psycopg
 
-from orchestrator.config import ConnectionSettings
+from devdiag_db.config import ConnectionSettings
 
 CONNECT_TIMEOUT_S = 10
 
@@ -46,3 +49,27 @@ def connect(where: ConnectionSettings, *, autocommit: bool = True, **kwargs) -> 
         )
     except psycopg.OperationalError as error:
         raise DatabaseUnavailable(explain(error, where)) from None
+
+
+TENANT_SETTING = "devdiag.tenant"
+
+
+@contextlib.contextmanager
+def tenant_transaction(
+    conn: psycopg.Connection, tenant: str | None, *, statement_timeout_ms: int | None = None
+) -> Iterator[psycopg.Connection]:
+    """A transaction (a savepoint inside one) in which row-level security sees ``tenant`` only.
+
+    The setting is transaction-local (``set_config(..., true)``), so it never outlives the
+    transaction on a pooled connection; None or "" is no tenant: the server's role then sees and
+    writes nothing. A ``statement_timeout_ms`` bounds each statement of the transaction.
+    """
+    with conn.transaction():
+        if statement_timeout_ms is None:
+            conn.execute("select set_config(%s, %s, true)", (TENANT_SETTING, tenant or ""))
+        else:
+            conn.execute(
+                "select set_config(%s, %s, true), set_config('statement_timeout', %s, true)",
+                (TENANT_SETTING, tenant or "", str(max(statement_timeout_ms, 1))),
+            )
+        yield conn

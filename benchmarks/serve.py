@@ -1,0 +1,322 @@
+#!/usr/bin/env python3
+"""`devdiag serve` under load: N concurrent HTTP clients of T tenants, each with its own token.
+
+On a fresh embedded PostgreSQL in a temporary DEVDIAG_HOME (same machine): `devdiag setup`, one token
+per client (`devdiag_db.tokens.create`), then `devdiag serve --workers W` as a subprocess on a free
+port of 127.0.0.1. Each client is one keep-alive HTTP connection (httpx2, the SDK's HTTP library)
+posting MCP JSON-RPC `tools/call` requests to /mcp directly (the server is stateless: no session
+to set up), alternating `diagnose` (a realistic error text) and `record_outcome` on the run it got.
+Latency is timed at the client, per call, from request to parsed answer.
+
+After the load, the owner counts the rows of every run_id a client was given: rows lost (a run
+answered but not stored, after the spool drained), rows duplicated, and rows stored under a tenant
+other than the caller's token's (cross-tenant).
+
+    python benchmarks/serve.py [--clients 50] [--calls 200] [--tenants 10] [--workers 2] [--json]   # saturation
+    python benchmarks/serve.py --rate 200                                   # 200 calls/s offered: latency at that load
+    python benchmarks/serve.py --clients 20 --calls 250 --fault db-restart   # 5,000 calls, PostgreSQL stopped mid-load
+    python benchmarks/serve.py --clients 20 --calls 250 --fault kill-serve   # SIGKILL of serve mid-load, restarted
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # runnable from a checkout without installing the package
+
+ERRORS = [
+    "Error: listen EADDRINUSE: address already in use :::3000",
+    "Access to fetch at 'https://api.example.com/v1' from origin 'http://localhost:3000' has been blocked by CORS "
+    "policy: No 'Access-Control-Allow-Origin' header is present on the requested resource.",
+    "ModuleNotFoundError: No module named 'requests'",
+    "psycopg.OperationalError: connection refused",
+    "Got permission denied while trying to connect to the Docker daemon socket at unix:///var/run/docker.sock",
+    "npm ERR! code ERESOLVE\nnpm ERR! ERESOLVE unable to resolve dependency tree",
+]
+RESOLUTIONS = ["fixed", "failed", "manual"]
+SERVE = [sys.executable, "-c", "from orchestrator.cli import main; main()", "serve"]  # `devdiag serve`
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Tally:
+    latencies: list[float] = field(default_factory=list)
+    calls: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    runs: dict[str, tuple[str, int]] = field(default_factory=dict)  # run_id -> (tenant, rows expected)
+    spooled: int = 0
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+
+def rpc(name: str, arguments: dict) -> dict:
+    return {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
+
+
+HEADERS = {"accept": "application/json, text/event-stream", "mcp-protocol-version": "2025-06-18"}
+
+
+async def call(client, url: str, token: str, body: dict, tally: Tally, retry_429: bool = True) -> dict | None:
+    """One tools/call; its structured result, or None (counted as an error). A 429 waits and retries."""
+    tally.calls += 1
+    started = time.perf_counter()
+    while True:
+        try:
+            response = await client.post(url, json=body, headers={**HEADERS, "authorization": f"Bearer {token}"})
+        except Exception as error:
+            tally.error(type(error).__name__)
+            return None
+        if response.status_code == 429 and retry_429:
+            await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+            continue
+        break
+    tally.latencies.append(time.perf_counter() - started)
+    if response.status_code != 200:
+        tally.error(f"http {response.status_code}")
+        return None
+    message = response.json()
+    result = message.get("result") or {}
+    if "error" in message or result.get("isError"):
+        tally.error("tool error")
+        return None
+    return result.get("structuredContent") or {}
+
+
+async def client_loop(url: str, token: str, tenant: str, calls: int, seed: int, tally: Tally, interval: float) -> None:
+    """``calls`` calls back to back, or (``interval`` > 0) one started every ``interval`` seconds, from a
+    phase of its own: a constant offered load, where a slow answer does not slow the next start."""
+    import httpx2
+
+    async with httpx2.AsyncClient(timeout=30, limits=httpx2.Limits(max_connections=1)) as client:
+        run_id = None
+        start = time.perf_counter() + (seed * 0.618034 % 1.0) * interval
+        for i in range(calls):
+            if interval:
+                await asyncio.sleep(max(0.0, start + i * interval - time.perf_counter()))
+            if i % 2 == 0 or run_id is None:
+                error_text = ERRORS[(seed + i) % len(ERRORS)] + f"\n(at step {i} of client {seed})"
+                result = await call(client, url, token, rpc("diagnose", {"error_text": error_text}), tally)
+                if result is not None:
+                    run_id = result["run_id"]
+                    tally.runs[run_id] = (tenant, max(1, len(result.get("findings", []))))
+                    tally.spooled += result.get("recorded") == "spool"
+            else:
+                body = rpc("record_outcome", {"run_id": run_id, "resolution": RESOLUTIONS[(seed + i) % 3]})
+                await call(client, url, token, body, tally)
+                run_id = None
+
+
+@contextlib.contextmanager
+def serve_process(home: Path, port: int, workers: int, rate_limit: str, log: Path) -> Iterator[subprocess.Popen]:
+    env = {**os.environ, "DEVDIAG_HOME": str(home)}
+    args = [*SERVE, "--port", str(port), "--workers", str(workers)]
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [*args, "--rate-limit", rate_limit], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+    try:
+        wait_healthy(port, process)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_healthy(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    import httpx2
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"devdiag serve exited with {process.returncode}")
+        try:
+            if httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx2.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("devdiag serve did not become healthy within 60 s")
+
+
+def check_rows(owner, tally: Tally) -> dict[str, int]:
+    import psycopg
+
+    with psycopg.connect(owner.conninfo(), autocommit=True) as conn:
+        stored = {
+            str(run_id): (count, tenants)
+            for run_id, count, tenants in conn.execute(
+                "select run_id, count(*), array_agg(distinct tenant_id) from devdiag.diag_run "
+                "where run_id = any(%s) group by run_id",
+                ([uuid.UUID(r) for r in tally.runs],),
+            )
+        }
+    lost = duplicated = cross = 0
+    for run_id, (tenant, expected) in tally.runs.items():
+        count, tenants = stored.get(run_id, (0, [tenant]))
+        lost += max(0, expected - count)
+        duplicated += max(0, count - expected)
+        cross += sum(1 for t in tenants if t != tenant)
+    return {"runs": len(tally.runs), "rows_lost": lost, "rows_duplicated": duplicated, "cross_tenant_rows": cross}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--calls", type=int, default=200, help="calls per client (half diagnose, half outcomes)")
+    parser.add_argument("--tenants", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--rate", type=float, default=0, help="offered calls/s over all clients (default 0: back to back, saturation)"
+    )
+    parser.add_argument("--rate-limit", default="100000", help="serve's --rate-limit (default: high, not in the way)")
+    parser.add_argument("--fault", choices=["none", "db-restart", "kill-serve"], default="none")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary DEVDIAG_HOME")
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="devdiag-bench-serve-"))
+    os.environ["DEVDIAG_HOME"] = str(home)
+    for var in ("DEVDIAG_PG_DSN", "DEVDIAG_PG_HOST", "DEVDIAG_PG_USER", "DEVDIAG_PG_PASS", "DEVDIAG_PG_DB"):
+        os.environ.pop(var, None)
+    from devdiag_db import config, db, embedded, tokens
+    from orchestrator.provision import setup
+
+    try:
+        owner = config.settings()
+        setup(owner)
+        clients = []
+        with db.connect(owner) as conn:
+            for i in range(args.clients):
+                tenant = f"bench-{i % args.tenants}"
+                token, _ = tokens.create(conn, tenant, f"client-{i}", None)
+                clients.append((token, tenant))
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/mcp"
+        log = home / "serve.log"
+        tally = Tally()
+        load = os.getloadavg()[0]
+        with serve_process(home, port, args.workers, args.rate_limit, log) as process:
+            # Warm-up: one call per client (connections, pools, the classifier), not counted.
+            warm = Tally()
+
+            async def warm_up() -> None:
+                await asyncio.gather(
+                    *(client_loop(url, t, tenant, 1, i, warm, 0) for i, (t, tenant) in enumerate(clients))
+                )
+
+            asyncio.run(warm_up())
+
+            async def fault() -> None:
+                nonlocal process
+                await asyncio.sleep(2)
+                if args.fault == "db-restart":
+                    await asyncio.to_thread(embedded.stop)
+                    await asyncio.sleep(3)
+                    await asyncio.to_thread(embedded.start)
+                elif args.fault == "kill-serve":
+                    process.send_signal(signal.SIGKILL)
+                    process.wait()
+                    with open(log, "ab") as out:
+                        env = {**os.environ, "DEVDIAG_HOME": str(home)}
+                        cmd = [*SERVE, "--port", str(port)]
+                        process = subprocess.Popen(
+                            [*cmd, "--workers", str(args.workers), "--rate-limit", args.rate_limit],
+                            env=env,
+                            stdout=out,
+                            stderr=subprocess.STDOUT,
+                            cwd=ROOT,
+                        )
+                    await asyncio.to_thread(wait_healthy, port, process)
+
+            async def run() -> float:
+                started = time.perf_counter()
+                interval = args.clients / args.rate if args.rate else 0.0
+                jobs = [
+                    client_loop(url, t, tenant, args.calls, i, tally, interval) for i, (t, tenant) in enumerate(clients)
+                ]
+                if args.fault != "none":
+                    jobs.append(fault())
+                await asyncio.gather(*jobs)
+                return time.perf_counter() - started
+
+            elapsed = asyncio.run(run())
+            # Let the spool drain (a background replay every 2 s) before counting.
+            deadline = time.monotonic() + 60
+            spool = home / "spool"
+            while time.monotonic() < deadline and any(spool.glob("*.jsonl")) and not _only_rejected(spool):
+                time.sleep(0.5)
+            if process.poll() is None:  # a restarted server (kill-serve), which the context did not start
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=30)
+        rows = check_rows(owner, tally)
+        calls = tally.calls
+        report = {
+            "clients": args.clients,
+            "tenants": args.tenants,
+            "calls_per_client": args.calls,
+            "workers": args.workers,
+            "fault": args.fault,
+            "calls": calls,
+            "seconds": round(elapsed, 2),
+            "calls_per_s": round(calls / elapsed, 1),
+            "p50_ms": round(percentile(tally.latencies, 0.50) * 1000, 1),
+            "p95_ms": round(percentile(tally.latencies, 0.95) * 1000, 1),
+            "p99_ms": round(percentile(tally.latencies, 0.99) * 1000, 1),
+            "max_ms": round(max(tally.latencies, default=0) * 1000, 1),
+            "errors": sum(tally.errors.values()),
+            "error_kinds": tally.errors,
+            "answered_from_spool": tally.spooled,
+            **rows,
+            "cpus": os.cpu_count(),
+            "loadavg_before": round(load, 2),
+            "loadavg_after": round(os.getloadavg()[0], 2),
+        }
+    finally:
+        embedded.stop()
+        if not args.keep:
+            shutil.rmtree(home, ignore_errors=True)
+    if args.json:
+        print(json.dumps(report))
+        return
+    for key, value in report.items():
+        print(f"{key:22} {value}")
+
+
+def _only_rejected(spool: Path) -> bool:
+    return all(p.name == "rejected.jsonl" for p in spool.glob("*.jsonl"))
+
+
+if __name__ == "__main__":
+    main()
