@@ -31,6 +31,7 @@ from psycopg import sql
 from devdiag_db.config import ConnectionSettings
 from devdiag_db.db import DatabaseUnavailable, connect
 from orchestrator.backup import run_backup
+from orchestrator.contract import PUBLIC_VIEWS, RAW_INDEXES
 from orchestrator.restore import RestoreReport, drop_database, run_restore
 
 TARGET_TIME_TO_RESTORE_S = 30 * 60
@@ -158,7 +159,8 @@ def _print_report(report: DrillReport) -> None:
         f"  rows lost:        {report.rows_lost:,} (target 0; {raw}: {report.rows_source.get(raw, 0):,} in the "
         f"snapshot, {report.rows_restored.get(raw, 0):,} restored)"
     )
-    click.echo(f"  views {report.restore.views_present}/6, indexes {report.restore.indexes_present}/9")
+    views, indexes = report.restore.views_present, report.restore.indexes_present
+    click.echo(f"  views {views}/{len(PUBLIC_VIEWS)}, indexes {indexes}/{len(RAW_INDEXES)}")
     for check in report.restore.health:
         click.echo(f"  health {check['name']}: {check['status']}")
     click.echo("PASSED" if report.passed else "FAILED: " + "; ".join(report.problems))

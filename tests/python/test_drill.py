@@ -78,6 +78,10 @@ def test_drill_text_reports_time_to_restore_and_rows_lost(demo_db):
     result = run([])
     assert result.exit_code == 0, result.output
     assert "time to restore:" in result.stdout and "rows lost:        0" in result.stdout
+    # the counts of the contract, not the runbook's six views and nine indexes written into the text
+    assert (
+        f"views {len(PUBLIC_VIEWS)}/{len(PUBLIC_VIEWS)}, indexes {len(RAW_INDEXES)}/{len(RAW_INDEXES)}" in result.stdout
+    )
     assert result.stdout.rstrip().endswith("PASSED")
     assert result.stderr == ""  # steps and progress only on a terminal: quiet under cron and pipes
 
