@@ -72,6 +72,12 @@ class ConnectionSettings:
 
     params: dict[str, str] = field(default_factory=dict)
     embedded: bool = False
+    source: str = "DEVDIAG_PG_HOST"  # the variable it came from, for the hint in an error
+
+    @property
+    def variables(self) -> str:
+        """Where a person fixes these settings, for error hints."""
+        return "DEVDIAG_PG_DSN" if self.source == "DEVDIAG_PG_DSN" else "DEVDIAG_PG_HOST"
 
     @property
     def dbname(self) -> str:
@@ -126,7 +132,7 @@ def external_settings() -> ConnectionSettings | None:
                 "DEVDIAG_PG_DSN is not a valid connection string: use postgresql://USER:PASS@HOST:PORT/devdiag"
             ) from None
         params.setdefault("dbname", DATABASE)
-        return ConnectionSettings({k: str(v) for k, v in params.items()})
+        return ConnectionSettings({k: str(v) for k, v in params.items()}, source="DEVDIAG_PG_DSN")
     if not any(os.environ.get(v) for v in ENV_VARS[1:]):
         return None
     host = os.environ.get("DEVDIAG_PG_HOST", "localhost")

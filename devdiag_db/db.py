@@ -20,8 +20,10 @@ def explain(error: psycopg.OperationalError, where: ConnectionSettings) -> str:
     """One line naming the cause and the fix, for a failed connection."""
     text = str(error).lower()
     target = where.describe()
+    dsn = where.source == "DEVDIAG_PG_DSN"
     if "password authentication failed" in text or "no password supplied" in text:
-        return f"{target} refused the credentials: check DEVDIAG_PG_USER and DEVDIAG_PG_PASS (or the DSN)"
+        fix = "the user and password in DEVDIAG_PG_DSN" if dsn else "DEVDIAG_PG_USER and DEVDIAG_PG_PASS"
+        return f"{target} refused the credentials: check {fix}"
     if "does not exist" in text and "database" in text:
         return f"{target}: the database does not exist: create it, or set DEVDIAG_PG_DB"
     if "role" in text and "does not exist" in text:
@@ -29,10 +31,10 @@ def explain(error: psycopg.OperationalError, where: ConnectionSettings) -> str:
     if "timeout" in text:
         return f"{target} did not answer within {CONNECT_TIMEOUT_S}s: check the host and the network"
     if any(s in text for s in ("connection refused", "no such file", "could not connect", "is the server running")):
-        hint = "run `devdiag db start`" if where.embedded else "check DEVDIAG_PG_HOST and that PostgreSQL runs"
+        hint = "run `devdiag db start`" if where.embedded else f"check {where.variables} and that PostgreSQL runs"
         return f"{target} is not reachable: {hint}"
     if "could not translate host name" in text:
-        return f"{target}: unknown host: check DEVDIAG_PG_HOST"
+        return f"{target}: unknown host: check {where.variables}"
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return f"{target}: {first}"
 

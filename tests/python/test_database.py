@@ -104,7 +104,7 @@ def _external(**values: str) -> dict[str, str]:
     return env
 
 
-def _assert_one_line_error(result, *needles: str, secret: str | None = None) -> None:
+def _assert_one_line_error(result, *needles: str, secret: str | None = None) -> str:
     assert result.exit_code == 1, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1, result.output
@@ -113,6 +113,7 @@ def _assert_one_line_error(result, *needles: str, secret: str | None = None) -> 
         assert needle in lines[0], lines[0]
     if secret:
         assert secret not in result.output
+    return lines[0]
 
 
 def test_wrong_password_is_one_line_without_the_password(pg):
@@ -131,6 +132,10 @@ def test_database_that_is_down_is_one_line(pg):
         free_port = s.getsockname()[1]
     env = _external(DEVDIAG_PG_HOST=f"127.0.0.1:{free_port}", DEVDIAG_PG_USER="x", DEVDIAG_PG_PASS="hunter2-secret")
     _assert_one_line_error(devdiag("setup", env=env), "is not reachable", "DEVDIAG_PG_HOST", secret="hunter2-secret")
+    # the hint names the variable that was used: a DSN is not fixed by checking DEVDIAG_PG_HOST
+    env = _external(DEVDIAG_PG_DSN=f"postgresql://x:hunter2-secret@127.0.0.1:{free_port}/devdiag")
+    message = _assert_one_line_error(devdiag("setup", env=env), "is not reachable", "DEVDIAG_PG_DSN", secret="hunter2")
+    assert "DEVDIAG_PG_HOST" not in message
 
 
 def test_malformed_dsn_is_one_line(pg):
