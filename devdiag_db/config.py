@@ -80,6 +80,13 @@ class ConnectionSettings:
         return "DEVDIAG_PG_DSN" if self.source == "DEVDIAG_PG_DSN" else "DEVDIAG_PG_HOST"
 
     @property
+    def credential_variables(self) -> str:
+        """Where a person fixes refused credentials, for error hints."""
+        if self.source == "DEVDIAG_PG_DSN":
+            return "the user and password in DEVDIAG_PG_DSN"
+        return "DEVDIAG_PG_USER and DEVDIAG_PG_PASS"
+
+    @property
     def dbname(self) -> str:
         return self.params.get("dbname", DATABASE)
 

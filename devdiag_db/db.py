@@ -20,10 +20,8 @@ def explain(error: psycopg.OperationalError, where: ConnectionSettings) -> str:
     """One line naming the cause and the fix, for a failed connection."""
     text = str(error).lower()
     target = where.describe()
-    dsn = where.source == "DEVDIAG_PG_DSN"
     if "password authentication failed" in text or "no password supplied" in text:
-        fix = "the user and password in DEVDIAG_PG_DSN" if dsn else "DEVDIAG_PG_USER and DEVDIAG_PG_PASS"
-        return f"{target} refused the credentials: check {fix}"
+        return f"{target} refused the credentials: check {where.credential_variables}"
     if "does not exist" in text and "database" in text:
         return f"{target}: the database does not exist: create it, or set DEVDIAG_PG_DB"
     if "role" in text and "does not exist" in text:

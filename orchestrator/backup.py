@@ -235,7 +235,7 @@ def explain_tool_error(tool: str, stderr: str, settings: ConnectionSettings) -> 
     first = re.sub(r"^(psql|pg_dump):(<stdin>:\d+:)?\s*(error:)?\s*", "", first).strip()
     lower = first.lower()
     if "password authentication failed" in lower or "no password supplied" in lower:
-        return f"{settings.describe()} refused the credentials: check DEVDIAG_PG_USER and DEVDIAG_PG_PASS (or the DSN)"
+        return f"{settings.describe()} refused the credentials: check {settings.credential_variables}"
     if "permission denied" in lower:
         return f"{tool} on {settings.describe()}: {first}: run it as the database owner"
     return f"{tool} failed on {settings.describe()}: {first}"
