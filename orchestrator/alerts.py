@@ -26,6 +26,7 @@ import yaml
 from devdiag_db.config import ConnectionSettings
 from devdiag_db.db import DatabaseUnavailable, connect
 from orchestrator.contract import PUBLIC_VIEWS
+from orchestrator.health import START_DB
 
 RULES_FILE = Path(__file__).with_name("alert_rules.yaml")
 GRAFANA_ROLE = "grafana"
@@ -256,18 +257,20 @@ def _print_table(results: list[AlertResult]) -> None:
 
 @click.command("alerts")
 @click.option("--json", "as_json", is_flag=True, help="Print one object per alert: name, state, value, threshold.")
-def alerts(as_json: bool) -> None:
+@START_DB
+def alerts(as_json: bool, start_db: bool) -> None:
     """Evaluate the runbook's five alerts now: firing or normal, with value and threshold.
 
     The SQL is orchestrator/alert_rules.yaml, the same that Grafana's alert rules run. Exit 0 when
-    all are normal, 1 when any fires (or when they cannot be evaluated).
+    all are normal, 1 when any fires (or when they cannot be evaluated, a stopped embedded database
+    included: it is not started unless --start-db).
     """
     import json
 
     from devdiag_db.config import settings
 
     try:
-        results = evaluate(settings())
+        results = evaluate(settings(start=start_db))
     except DatabaseUnavailable as error:
         raise click.ClickException(str(error)) from None
     if as_json:

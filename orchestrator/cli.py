@@ -13,6 +13,7 @@ import click
 
 from devdiag_db import config, embedded
 from devdiag_db.db import DatabaseUnavailable
+from orchestrator.health import START_DB, run_health
 
 if TYPE_CHECKING:
     from orchestrator.dbt import NodeResult
@@ -237,16 +238,16 @@ def _print_health(checks: list) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON objects.")
+@START_DB
 @database_errors
-def health(as_json: bool) -> None:
+def health(as_json: bool, start_db: bool) -> None:
     """The runbook's morning health check, run as dbt tests.
 
     One row per check: name, measured value, threshold, status (pass, warn or fail). Exit 1 when a
-    critical check fails, 0 otherwise (warnings are printed but do not fail the run).
+    critical check fails, 0 otherwise (warnings are printed but do not fail the run). A stopped
+    embedded database is reported (exit 1), not started, unless --start-db.
     """
-    from orchestrator.health import run_health
-
-    checks = run_health(config.settings())
+    checks = run_health(config.settings(start=start_db))
     if as_json:
         emit_json([{"name": c.name, "value": c.value, "threshold": c.threshold, "status": c.status} for c in checks])
     else:

@@ -17,9 +17,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import click
+
 from devdiag_db.config import SCHEMA, ConnectionSettings
 from devdiag_db.db import connect
 from orchestrator import dbt
+
+# `devdiag health` and `devdiag alerts` check the database, so they must see it down: they start a
+# stopped embedded server only when asked.
+START_DB = click.option(
+    "--start-db", is_flag=True, help="Start the embedded PostgreSQL if it is stopped (default: report it, exit 1)."
+)
 
 Status = Literal["pass", "warn", "fail"]
 Severity = Literal["error", "warn"]

@@ -164,3 +164,12 @@ def test_stop_and_start_keep_the_data_and_the_port(pg):
     with psycopg.connect(embedded.settings().conninfo(), autocommit=True) as conn:
         assert conn.execute("select x from public.survives_restart").fetchone() == (42,)
         conn.execute("drop table public.survives_restart")
+
+
+@pytest.mark.parametrize("command", [["health"], ["health", "--json"], ["alerts"], ["alerts", "--json"]])
+def test_a_stopped_embedded_database_is_reported_not_started(tmp_path, command):
+    """The runbook's "is the database up?" must be able to see an outage: the checks start nothing."""
+    home = tmp_path / "home"  # no server has ever run here: it is as stopped as a database can be
+    env = {**_external(), "DEVDIAG_HOME": str(home)}
+    _assert_one_line_error(devdiag(*command, env=env), "not running", "devdiag db start")
+    assert not (home / "pgdata").exists(), "the check started (initialised) a database"
