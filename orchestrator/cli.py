@@ -267,7 +267,8 @@ def demo(runs: int, seed: int) -> None:
     """Everything on one machine: embedded database, setup, demo history, dbt build, health checks.
 
     Safe to run again: while the demo history is fresh nothing is added; once it is over an hour
-    old it is replaced by one that ends now. Refuses a database that holds other tenants' runs.
+    old it is replaced by one that ends now. Other tenants' runs on the embedded database (an MCP
+    server's, e.g. tenant `default`) are kept; a DEVDIAG_PG_* database that holds any is refused.
     """
     config.project_dir()  # no dbt project: fail before a database is started
     started_here = config.external_settings() is None and not embedded.status().running
@@ -296,7 +297,7 @@ def demo(runs: int, seed: int) -> None:
 def _demo(where: config.ConnectionSettings, runs: int, seed: int) -> tuple[list[HealthCheck], list[NodeResult]]:
     """Setup, demo history, dbt build and health checks; returns the checks and the failing dbt nodes."""
     from orchestrator import dbt
-    from orchestrator.demo_data import refresh_demo
+    from orchestrator.demo_data import describe_tenants, refresh_demo
     from orchestrator.health import run_health
     from orchestrator.provision import setup as run_setup
 
@@ -311,6 +312,11 @@ def _demo(where: config.ConnectionSettings, runs: int, seed: int) -> tuple[list[
         status_line(
             f"demo data: {refreshed.report.inserted:,} rows of 185 days ending now{replaced} "
             f"({refreshed.report.seconds:.1f}s)"
+        )
+    if refreshed.others:
+        status_line(
+            f"kept the runs of other tenants beside the demo's: {describe_tenants(refreshed.others)} "
+            "(yours, e.g. from an MCP server on this database; the demo never touches them)"
         )
     # Incremental models see writes, not deletes: replaced rows call for a full refresh.
     full_refresh = ["--full-refresh", "--selector", "full_build"] if refreshed.removed else []

@@ -51,7 +51,7 @@ import random
 import time
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import click
@@ -418,39 +418,64 @@ class DemoRefresh:
     action: str  # "loaded", "kept" (fresh already) or "replaced" (stale history swapped for one ending now)
     removed: int
     report: LoadReport | None
+    others: dict[str, int] = field(default_factory=dict)  # rows of tenants that are not the demo's, kept
 
 
 FRESH_FOR = timedelta(hours=1)
+SHOWN_TENANTS = 5  # in a message: the largest few of the tenants found, then "..."
 
 
 def refresh_demo(settings: ConnectionSettings, runs: int, seed: int = 7, *, tenants: int = 3) -> DemoRefresh:
     """What `devdiag demo` does with the data, safe to repeat.
 
-    A demo history ends now. Run again while it is fresh (newest run under an hour old), nothing is
-    loaded; once it has gone stale, the demo tenants' rows are replaced by a history ending now (a
-    second history beside the first would double every figure). A database holding any other
-    tenant's runs is refused: the demo never deletes real data.
+    A demo history ends now. Run again while it is fresh (newest demo run under an hour old), nothing
+    is loaded; once it has gone stale, the demo tenants' rows are replaced by a history ending now (a
+    second history beside the first would double every figure). Other tenants' rows are never
+    touched: on the embedded database they are the user's own (an MCP server tried on it writes as
+    tenant `default`), kept beside the demo's; a configured database (DEVDIAG_PG_*) that holds any is
+    refused, as the demo must not mix made-up runs into a real team's data.
     """
     names = [t.name for t in demo_tenants(tenants)]
     with connect(settings) as conn:
         _require_schema(conn)
-        foreign = conn.execute(
-            "select tenant_id from devdiag.diag_run where tenant_id <> all(%s) limit 1", (names,)
-        ).fetchone()
-        if foreign:
-            raise click.ClickException(
-                f"{settings.describe()} holds runs of tenant {foreign[0]!r}, not demo data: "
-                "run the demo on the embedded database (unset DEVDIAG_PG_*) or on an empty one"
+        if settings.embedded:
+            others = dict(
+                conn.execute(
+                    "select tenant_id, count(*) from devdiag.diag_run where tenant_id <> all(%s) "
+                    "group by tenant_id order by 2 desc, 1",
+                    (names,),
+                ).fetchall()
             )
-        newest = conn.execute("select max(ts) from devdiag.diag_run").fetchone()[0]
+        else:
+            foreign = conn.execute(
+                "select tenant_id from devdiag.diag_run where tenant_id <> all(%s) limit 1", (names,)
+            ).fetchone()
+            if foreign:
+                raise click.ClickException(
+                    f"{settings.describe()} holds runs of tenant {foreign[0]!r}, not "
+                    "demo data: the demo loads only into an empty database or the embedded one: point "
+                    "DEVDIAG_PG_* at an empty database, or unset DEVDIAG_PG_* to use the embedded one"
+                )
+            others = {}
+        newest = conn.execute("select max(ts) from devdiag.diag_run where tenant_id = any(%s)", (names,)).fetchone()[0]
         now = datetime.now(UTC)
         if newest is not None and now - newest < FRESH_FOR:
-            return DemoRefresh("kept", 0, None)
+            return DemoRefresh("kept", 0, None, others)
         removed = 0
         if newest is not None:
             removed = conn.execute("delete from devdiag.diag_run where tenant_id = any(%s)", (names,)).rowcount
     report = load_demo(settings, runs=runs, seed=seed, now=now, tenants=tenants)
-    return DemoRefresh("replaced" if removed else "loaded", removed, report)
+    return DemoRefresh("replaced" if removed else "loaded", removed, report, others)
+
+
+def describe_tenants(rows_by_tenant: dict[str, int]) -> str:
+    """'default' (3 rows), 'me' (1 row), ...: the largest few, for a one-line message."""
+    shown = [
+        f"{name!r} ({count:,} row{'s' if count != 1 else ''})"
+        for name, count in list(rows_by_tenant.items())[:SHOWN_TENANTS]
+    ]
+    more = len(rows_by_tenant) - SHOWN_TENANTS
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 
 @contextlib.contextmanager

@@ -92,10 +92,19 @@ select
     )::float8 as "median TTR (7 d, days)"
 """
 
-# Summed per hour first: Grafana's time-group macro is numeric arithmetic, cheaper on 169 hours
-# than on the week's ~50,000 rows.
+# v_activity_hourly holds the last 7 x 24 hours. A range that starts before them is counted per UTC
+# day: the days before the last six from v_problem_counts (findings only: clean runs are counted
+# for the week alone; and only with every environment, as the daily counts have none), the rest
+# from the hours. Summed per hour (per day) first: Grafana's time-group macro is numeric arithmetic,
+# cheaper on 169 hours than on the week's ~50,000 rows; a day's start falls on a bucket's start for
+# every interval from an hour to a day, so the days keep their own buckets.
 RUNS_SQL = f"""
-with hours as (
+with span as (
+    select
+        $__timeFrom() < date_trunc('hour', now(), 'utc') - interval '7 days' as by_day,
+        (now() at time zone 'utc')::date - 6 as first_hourly_day
+),
+hours as (
     select
         hour,
         sum(runs) as runs,
@@ -106,12 +115,39 @@ with hours as (
         and {tenant_filter()}
         and {environment_filter()}
     group by hour
+),
+days_before as (
+    select
+        day,
+        sum(cnt) as findings
+    from devdiag.v_problem_counts
+    where
+        $__timeFilter(day)
+        and day < (select first_hourly_day from span)
+        and {tenant_filter()}
+        and '__all__' in ($environment)
+        and (select by_day from span)
+    group by day
+),
+buckets as (
+    select
+        case when span.by_day then date_trunc('day', hours.hour, 'utc') else hours.hour end as at,
+        hours.runs,
+        hours.findings
+    from hours cross join span
+    where not span.by_day or hours.hour >= span.first_hourly_day::timestamp at time zone 'utc'
+    union all
+    select
+        day::timestamp at time zone 'utc' as at,
+        null as runs,
+        findings
+    from days_before
 )
 select
-    $__timeGroupAlias(hour, $__interval),
+    $__timeGroupAlias(at, $__interval),
     sum(runs) as runs,
     sum(findings) as findings
-from hours
+from buckets
 group by 1
 order by 1
 """
@@ -333,7 +369,9 @@ PANELS: tuple[Panel, ...] = (
         unit="short",
         description=(
             "Diagnostic runs (clean ones included) and findings per interval of at least an hour, from "
-            "v_activity_hourly: the last 7 days at most. Filtered by tenant and environment."
+            "v_activity_hourly, which holds the last 7 days. A range that starts earlier is shown per UTC "
+            "day: findings of the days before the last six from v_problem_counts (with every environment "
+            "only), runs for the last days alone. Filtered by tenant and environment."
         ),
     ),
     Panel(

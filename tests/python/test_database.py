@@ -173,3 +173,15 @@ def test_a_stopped_embedded_database_is_reported_not_started(tmp_path, command):
     env = {**_external(), "DEVDIAG_HOME": str(home)}
     _assert_one_line_error(devdiag(*command, env=env), "not running", "devdiag db start")
     assert not (home / "pgdata").exists(), "the check started (initialised) a database"
+
+
+def test_start_db_starts_a_stopped_embedded_database_for_the_check(tmp_path):
+    """Asked with --start-db, the check starts the server it would otherwise report as down."""
+    home = tmp_path / "home"
+    env = {**_external(), "DEVDIAG_HOME": str(home)}
+    try:
+        result = devdiag("alerts", "--json", "--start-db", env=env)
+        assert "not running" not in result.output, result.output
+        assert devdiag("db", "status", env=env).exit_code == 0  # it runs now, and stays up
+    finally:
+        devdiag("db", "stop", env=env)

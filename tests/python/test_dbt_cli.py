@@ -53,3 +53,26 @@ def test_plain_dbt_build_on_a_fresh_database(fresh_database, tmp_path):
             "select count(*) from pg_views where schemaname = 'devdiag' and viewname like 'v\\_%'"
         ).fetchone()[0]
     assert views == len(PUBLIC_VIEWS)
+    # README runs it with `--profiles-dir .`, the checkout: whatever dbt wrote beside profiles.yml is ignored.
+    written = sorted(p.name + ("/" if p.is_dir() else "") for p in tmp_path.iterdir() if p.name != "target")
+    assert_ignored_by_git(*written)
+
+
+def assert_ignored_by_git(*names: str) -> None:
+    """Each name, at the checkout's root, matches .gitignore (whether or not such a file exists)."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    result = subprocess.run(
+        ["git", "check-ignore", "--no-index", "--verbose", "--non-matching", *names],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    missed = [line.split("\t")[-1] for line in result.stdout.splitlines() if line.startswith("::")]
+    assert result.returncode in (0, 1) and not missed, f"not in .gitignore: {missed} {result.stderr}"
+
+
+def test_what_plain_dbt_writes_in_the_checkout_is_ignored():
+    """`dbt build --profiles-dir .` (README) writes these beside the project; `git status` must stay clean."""
+    assert_ignored_by_git("profiles.yml", ".user.yml", "target/", "logs/", "dbt_packages/")

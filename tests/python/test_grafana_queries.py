@@ -9,6 +9,7 @@ file, is normal on healthy data and fires on its trigger scenario.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -212,6 +213,33 @@ def test_time_range_and_tenant_change_the_answer(as_grafana: psycopg.Connection,
     assert 0 < total(timedelta(days=3)) < everything
     tenant = selections(as_grafana, board, timedelta(days=30))["tenant"].options[0]
     assert 0 < total(timedelta(days=30), tenant=(tenant,)) < everything
+
+
+@pytest.mark.slow
+def test_runs_and_findings_follows_the_dashboard_range(as_grafana: psycopg.Connection, board: dict[str, Any]) -> None:
+    """On the 30-day dashboard the panel spans the 30 days (v_activity_hourly holds 7), per UTC day."""
+    panel = next(p for p in board["panels"] if p["title"] == "Runs and findings")
+
+    def series(span: timedelta, **chosen: tuple[str, ...]) -> dict[str, list[tuple[datetime, float | None]]]:
+        picked = selections(as_grafana, board, span, **chosen)
+        context = macros.QueryContext(macros.TimeRange.last(span), picked, min_interval=panel.get("interval"))
+        return time_series(preview.run_sql(as_grafana, macros.expand(panel["targets"][0]["rawSql"], context)))
+
+    now = datetime.now(UTC)
+    month = series(timedelta(days=30))
+    found = [t for t, v in month["findings"] if v]
+    assert min(found) <= now - timedelta(days=25), f"findings start {min(found)}: the range is 30 days"
+    assert all(t == t.replace(hour=0, minute=0, second=0, microsecond=0) for t, _ in month["findings"])  # per day
+    first_hourly_day = datetime.combine(now.date() - timedelta(days=6), datetime.min.time(), UTC)
+    assert all((v is None) == (t < first_hourly_day) for t, v in month["runs"])  # runs where they are counted
+    # The daily counts have no environment: with one chosen, the days before the week are left out.
+    environment = selections(as_grafana, board, timedelta(days=30))["environment"].options[0]
+    one = series(timedelta(days=30), environment=(environment,))
+    assert one["findings"] and min(t for t, _ in one["findings"]) >= first_hourly_day
+    # Within the week, the hours as before.
+    day = series(timedelta(days=3))
+    hours = sorted({t for t, _ in day["runs"]})
+    assert len(hours) > 48 and min(b - a for a, b in itertools.pairwise(hours)) == timedelta(hours=1)
 
 
 # --- alerts: query A, reduce B, threshold C ------------------------------------------------------
