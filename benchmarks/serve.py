@@ -170,6 +170,30 @@ def wait_healthy(port: int, process: subprocess.Popen, timeout: float = 60) -> N
     raise SystemExit("devdiag serve did not become healthy within 60 s")
 
 
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds (user + system) used so far by ``root`` and its descendants, live or reaped (Linux /proc):
+    a cost per call that does not depend on what else the machine runs, unlike latency."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, cpu seconds)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]) / ticks)
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in stats.items():
+        children.setdefault(parent, []).append(pid)
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += stats.get(pid, (0, 0.0))[1]
+        todo.extend(children.get(pid, []))
+    return total
+
+
 def check_rows(owner, tally: Tally) -> dict[str, int]:
     import psycopg
 
@@ -260,6 +284,9 @@ def main() -> None:
                         )
                     await asyncio.to_thread(wait_healthy, port, process)
 
+            postmaster = embedded.status().pid or 0
+            cpu_before = (tree_cpu_s(process.pid), tree_cpu_s(postmaster), time.process_time())
+
             async def run() -> float:
                 started = time.perf_counter()
                 interval = args.clients / args.rate if args.rate else 0.0
@@ -272,6 +299,7 @@ def main() -> None:
                 return time.perf_counter() - started
 
             elapsed = asyncio.run(run())
+            cpu_after = (tree_cpu_s(process.pid), tree_cpu_s(postmaster), time.process_time())
             # Let the spool drain (a background replay every 2 s) before counting.
             deadline = time.monotonic() + 60
             spool = home / "spool"
@@ -295,6 +323,11 @@ def main() -> None:
             "p95_ms": round(percentile(tally.latencies, 0.95) * 1000, 1),
             "p99_ms": round(percentile(tally.latencies, 0.99) * 1000, 1),
             "max_ms": round(max(tally.latencies, default=0) * 1000, 1),
+            # CPU per call: what the figures above cost the machine, whatever else it runs (a
+            # restarted serve's CPU before the kill is not counted).
+            "serve_cpu_ms_per_call": round((cpu_after[0] - cpu_before[0]) / max(calls, 1) * 1000, 2),
+            "postgres_cpu_ms_per_call": round((cpu_after[1] - cpu_before[1]) / max(calls, 1) * 1000, 2),
+            "client_cpu_ms_per_call": round((cpu_after[2] - cpu_before[2]) / max(calls, 1) * 1000, 2),
             "errors": sum(tally.errors.values()),
             "error_kinds": tally.errors,
             "answered_from_spool": tally.spooled,

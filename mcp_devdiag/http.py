@@ -62,6 +62,7 @@ DEFAULT_MAX_BODY = 256 * 1024  # a diagnose call's largest arguments (error text
 DEFAULT_GRACE_MIN = 10
 REPLAY_EVERY_S = 2.0
 TOKEN_CACHE_MAX = 10_000
+NOTE_USE_EVERY_S = 60.0  # last_used_at has minute resolution (devdiag.token_used); not a write per call
 BUCKETS_MAX = 50_000
 # The SDK wants an issuer; DevDiag issues its own tokens (`devdiag token create`) and runs no OAuth
 # server, so no resource metadata is advertised and this URL is never served or contacted.
@@ -177,6 +178,7 @@ class DevDiagTokenVerifier:
         self.grace_s = grace_s
         self.clock = clock
         self._cache: OrderedDict[bytes, _Verified] = OrderedDict()
+        self._noted: dict[bytes, float] = {}  # token hash -> when its use was last noted in the database
         self._lock = threading.Lock()
 
     async def verify_token(self, token: str) -> AccessToken | None:
@@ -184,9 +186,12 @@ class DevDiagTokenVerifier:
 
     def verify_sync(self, token: str) -> AccessToken | None:
         key = token_key(token)
+        now = self.clock()
+        with self._lock:
+            note_use = now - self._noted.get(key, -math.inf) >= NOTE_USE_EVERY_S
         try:
             with self.recorder.connection() as conn:
-                info = tokens.verify(conn, token)
+                info = tokens.verify(conn, token, note_use=note_use)
         except DatabaseUnavailable:
             return self._from_cache(key)
         except psycopg.Error as error:  # a statement timeout or the like: refuse, say why without the token
@@ -196,10 +201,12 @@ class DevDiagTokenVerifier:
             if info is None:
                 self._cache.pop(key, None)
                 return None
-            self._cache[key] = _Verified(info, self.clock())
+            self._cache[key] = _Verified(info, now)
             self._cache.move_to_end(key)
             while len(self._cache) > TOKEN_CACHE_MAX:
-                self._cache.popitem(last=False)
+                self._noted.pop(self._cache.popitem(last=False)[0], None)
+            if note_use:
+                self._noted[key] = now
         return _access(info, key)
 
     def _from_cache(self, key: bytes) -> AccessToken | None:

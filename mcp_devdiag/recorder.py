@@ -18,6 +18,7 @@ import contextlib
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -83,6 +84,17 @@ def _reason(error: BaseException, target: DatabaseTarget) -> str:
     return f"{where}: {_first_line(error)}"
 
 
+# A connection that answered a moment ago is alive: checking it again before every call cost a
+# round trip per call (benchmarks/serve.py). One idle longer may have outlived a server restart.
+CHECK_AFTER_IDLE_S = 2.0
+_last_used: weakref.WeakKeyDictionary[psycopg.Connection, float] = weakref.WeakKeyDictionary()
+
+
+def _check_if_idle(conn: psycopg.Connection) -> None:
+    if time.monotonic() - _last_used.get(conn, 0.0) > CHECK_AFTER_IDLE_S:
+        ConnectionPool.check_connection(conn)
+
+
 def _configure(conn: psycopg.Connection) -> None:
     # A database that answers but hangs (a lock, a runaway query) must not hang the tool either.
     conn.execute(f"set statement_timeout = {STATEMENT_TIMEOUT_MS}")
@@ -128,7 +140,7 @@ class Recorder:
             timeout=self.connect_timeout,
             reconnect_timeout=self.connect_timeout,
             max_idle=300,
-            check=ConnectionPool.check_connection,  # a server restart leaves dead sockets behind
+            check=_check_if_idle,  # a server restart leaves dead sockets behind
             configure=_configure,
             kwargs={"autocommit": True, "connect_timeout": timeout, "application_name": "mcp-devdiag"},
             name="mcp-devdiag",
@@ -176,6 +188,7 @@ class Recorder:
             wait = self.connect_timeout if left is None else max(min(self.connect_timeout, left), 0.05)
             with pool.connection(timeout=wait) as conn:
                 yield conn
+                _last_used[conn] = time.monotonic()
         except _AWAY as error:
             reason = _reason(error, self.target)
             self._trip(reason)
