@@ -15,7 +15,7 @@ import functools
 import re
 import string
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mcp_devdiag.catalog import Catalog, load_catalog
 from mcp_devdiag.redaction import redact
@@ -61,6 +61,9 @@ _MAX_WINDOWS = 20  # more occurrences than this: scan the whole text once instea
 class Finding:
     code: str
     evidence: str
+    # What the patterns' named groups captured (first match first, later ones fill the gaps), as
+    # matched in the text given; mcp_devdiag.details decides what of it is safe to show.
+    captured: dict[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------- normalize
@@ -296,7 +299,7 @@ def _default_index() -> _Index:
 
 
 # ---------------------------------------------------------------------------------------- matching
-Span = tuple[int, int, _Rule]
+Span = tuple[int, int, _Rule, dict[str, str | None]]
 
 
 class _Text:
@@ -357,7 +360,8 @@ def _collect_spans(text: _Text, index: _Index) -> dict[str, list[Span]]:
         found = 0
         for start, end in text.windows(rule.gate):
             for m in rule.pattern.finditer(text.norm, start, end):
-                spans.setdefault(rule.code, []).append((m.start(), m.end(), rule))
+                groups = m.groupdict() if rule.pattern.groupindex else {}
+                spans.setdefault(rule.code, []).append((m.start(), m.end(), rule, groups))
                 found += 1
                 if found >= _MAX_SPANS_PER_PATTERN:
                     break
@@ -371,7 +375,7 @@ def _first_unshadowed(code: str, spans: dict[str, list[Span]]) -> Span | None:
         (s - distance, e + distance)
         for specific, generics in SHADOWS.items()
         if (distance := generics.get(code)) is not None and specific in spans
-        for s, e, _ in spans[specific]
+        for s, e, *_ in spans[specific]
     ]
     for span in sorted(spans[code], key=lambda t: t[0]):
         start, end = span[0], span[1]
@@ -404,4 +408,15 @@ def classify(text: str, catalog: Catalog | None = None) -> list[Finding]:
     spans = _collect_spans(prepared, index)
     chosen = [(span, code) for code in spans if (span := _first_unshadowed(code, spans)) is not None]
     chosen.sort(key=lambda item: (item[0][0], item[0][2].order))
-    return [Finding(code, _evidence(prepared.norm, span[0], span[2])) for span, code in chosen]
+    return [
+        Finding(code, _evidence(prepared.norm, span[0], span[2]), _captured(span, spans[code])) for span, code in chosen
+    ]
+
+
+def _captured(first: Span, spans: list[Span]) -> dict[str, str]:
+    captured: dict[str, str] = {}
+    for span in (first, *sorted(spans, key=lambda t: t[0])):
+        for name, value in span[3].items():
+            if value and name not in captured:
+                captured[name] = value
+    return captured

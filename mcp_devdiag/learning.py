@@ -4,12 +4,14 @@ Confidence. The confidence shown with a fix is ``devdiag.fix_confidence`` (macro
 the one learning formula: a Beta posterior mean from the catalog prior, shrunk from all tenants to
 this tenant. It is computed in SQL, never in Python.
 
-Freshness. ``devdiag.v_fix_ranking`` holds the counts as of its last ``dbt build`` (column
-``built_at``); outcomes recorded since then (``resolved_at > built_at``, found through the index
-``ix_diag_run_resolved_at``) are added in the same statement, so a suggestion moves as soon as an
-outcome is recorded, not minutes later. When the view is missing, lacks ``built_at`` or cannot be
-read, every outcome of the problems asked about is counted from the raw table instead (index
-``ix_diag_run_outcomes``); fixes the view does not know yet fall back to the catalog prior.
+Counting, exactly once. The tenant's own outcomes are counted live from the raw table on every
+read (index-only range scans of ``ix_diag_run_outcomes``, one per fix asked about), so an outcome
+counts the moment it is recorded, and a changed one (``failed`` then ``fixed``: the latest wins)
+counts once, as it is now. Other tenants' outcomes come from ``devdiag.v_fix_ranking`` as of its
+last ``dbt build``: its all-tenants counts less its counts of this tenant. No outcome is in both
+parts, whenever it was recorded, replayed from a spool or rebuilt; there is no time boundary to get
+wrong. When the view is missing or cannot be read, other tenants' outcomes are counted from the raw
+table (what the connection may see: row-level security shows the writer its own tenant only).
 Fallback order for a tenant: its own outcomes, all tenants' outcomes, the catalog prior; the formula
 does that weighting itself.
 
@@ -35,7 +37,6 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Literal
 
 import psycopg
@@ -47,20 +48,22 @@ log = logging.getLogger(__name__)
 Source = Literal["tenant", "all_tenants", "catalog"]
 VIEW_RETRY_S = 60.0  # after the view failed, read raw outcomes for this long before trying it again
 
-_FRESH = """
+# The tenant's own outcomes of the fixes asked about, counted live: one index-only range scan of
+# ix_diag_run_outcomes (problem_code, fix_suggestion, tenant_id) per fix. Row-level security shows
+# the writer its tenant's rows only, so this is all it could count live anyway.
+_LIVE = """
     select
-        d.problem_code,
-        d.fix_suggestion as fix_id,
-        count(*) filter (where d.resolution = 'fixed') as successes_all,
-        count(*) as attempts_all,
-        count(*) filter (where d.resolution = 'fixed' and d.tenant_id = %(tenant)s) as successes_tenant,
-        count(*) filter (where d.tenant_id = %(tenant)s) as attempts_tenant
-    from devdiag.diag_run as d
-    where
-        d.resolution is not null
-        and d.fix_suggestion is not null
-        and d.problem_code = any(%(problems)s)
-        and d.resolved_at > %(as_of)s
+        cat.problem_code,
+        cat.fix_id,
+        count(d.resolution) filter (where d.resolution = 'fixed') as successes_tenant,
+        count(d.resolution) as attempts_tenant
+    from cat
+    left join devdiag.diag_run as d
+        on
+            d.problem_code = cat.problem_code
+            and d.fix_suggestion = cat.fix_id
+            and d.tenant_id = %(tenant)s
+            and d.resolution is not null
     group by 1, 2
 """
 
@@ -69,71 +72,81 @@ _CATALOG = """
         as c (problem_code, fix_id, prior)
 """
 
+# all tenants = the build's all-tenants count - the build's count of this tenant + this tenant's live count
 _SCORE = """
 select
     cat.problem_code,
     cat.fix_id,
-    coalesce(l.successes_tenant, 0) + coalesce(f.successes_tenant, 0) as successes_tenant,
-    coalesce(l.attempts_tenant, 0) + coalesce(f.attempts_tenant, 0) as attempts_tenant,
-    coalesce(l.successes_all, 0) + coalesce(f.successes_all, 0) as successes_all,
-    coalesce(l.attempts_all, 0) + coalesce(f.attempts_all, 0) as attempts_all,
+    f.successes_tenant,
+    f.attempts_tenant,
+    l.successes_others + f.successes_tenant as successes_all,
+    l.attempts_others + f.attempts_tenant as attempts_all,
     devdiag.fix_confidence(
         cat.prior,
-        (coalesce(l.successes_all, 0) + coalesce(f.successes_all, 0))::bigint,
-        (coalesce(l.attempts_all, 0) + coalesce(f.attempts_all, 0))::bigint,
-        (coalesce(l.successes_tenant, 0) + coalesce(f.successes_tenant, 0))::bigint,
-        (coalesce(l.attempts_tenant, 0) + coalesce(f.attempts_tenant, 0))::bigint
+        (l.successes_others + f.successes_tenant)::bigint,
+        (l.attempts_others + f.attempts_tenant)::bigint,
+        f.successes_tenant::bigint,
+        f.attempts_tenant::bigint
     ) as confidence,
     1.0 / devdiag.fix_confidence(0, 0, 0, 1, 1) - 1 as tenant_strength,
-    1.0 / devdiag.fix_confidence(0, 1, 1, 0, 0) - 1 as prior_strength,
-    {built_at} as built_at
+    1.0 / devdiag.fix_confidence(0, 1, 1, 0, 0) - 1 as prior_strength
 from cat
-left join learned as l on l.problem_code = cat.problem_code and l.fix_id = cat.fix_id
-left join fresh as f on f.problem_code = cat.problem_code and f.fix_id = cat.fix_id
+inner join live as f on f.problem_code = cat.problem_code and f.fix_id = cat.fix_id
+cross join lateral (
+    select
+        coalesce(sum(o.successes_others), 0)::bigint as successes_others,
+        coalesce(sum(o.attempts_others), 0)::bigint as attempts_others
+    from others as o
+    where o.problem_code = cat.problem_code and o.fix_id = cat.fix_id
+) as l
 """
 
-# Counts as of the last build, from this tenant's rows or else the all-tenants row ('*').
+# Other tenants' outcomes as of the last build, from this tenant's rows or else the all-tenants row ('*').
 _FROM_VIEW = (
     "with cat as ("
     + _CATALOG
     + """),
-learned as (
+others as (
     select distinct on (r.problem_code, r.fix_id)
         r.problem_code,
         r.fix_id,
-        r.successes_all,
-        r.attempts_all,
-        case when r.tenant_id = %(tenant)s then r.successes_tenant else 0 end as successes_tenant,
-        case when r.tenant_id = %(tenant)s then r.attempts_tenant else 0 end as attempts_tenant
+        r.successes_all - case when r.tenant_id = %(tenant)s then r.successes_tenant else 0 end as successes_others,
+        r.attempts_all - case when r.tenant_id = %(tenant)s then r.attempts_tenant else 0 end as attempts_others
     from devdiag.v_fix_ranking as r
     where r.tenant_id in (%(tenant)s, '*') and r.problem_code = any(%(problems)s)
     order by r.problem_code, r.fix_id, r.tenant_id = '*'
 ),
-fresh as ("""
-    + _FRESH
+live as ("""
+    + _LIVE
     + ")"
-    + _SCORE.format(built_at="(select v.built_at from devdiag.v_fix_ranking as v limit 1)")
+    + _SCORE
 )
 
-# No usable view: every recorded outcome counts.
+# No usable view: other tenants' outcomes as far as this connection may see them (none for the writer).
 _FROM_RAW = (
     "with cat as ("
     + _CATALOG
     + """),
-learned as (
+others as (
     select
-        null::text as problem_code, null::text as fix_id,
-        0::bigint as successes_all, 0::bigint as attempts_all,
-        0::bigint as successes_tenant, 0::bigint as attempts_tenant
-    where false
+        d.problem_code,
+        d.fix_suggestion as fix_id,
+        count(*) filter (where d.resolution = 'fixed') as successes_others,
+        count(*) as attempts_others
+    from devdiag.diag_run as d
+    where
+        d.resolution is not null
+        and d.fix_suggestion is not null
+        and d.problem_code = any(%(problems)s)
+        and d.tenant_id <> %(tenant)s
+    group by 1, 2
 ),
-fresh as ("""
-    + _FRESH
+live as ("""
+    + _LIVE
     + ")"
-    + _SCORE.format(built_at="null::timestamptz")
+    + _SCORE
 )
 
-_BUILT_AT = "select built_at from devdiag.v_fix_ranking limit 1"
 # Reasons to read the raw table instead of the view; the connection stays usable (autocommit).
 _VIEW_UNUSABLE = (
     psycopg.errors.UndefinedTable,
@@ -193,7 +206,6 @@ class Learner:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self._view_retry_at = 0.0
-        self._built_at: datetime | bool | None = False  # False: not read yet
         self.last_path: Literal["view", "raw"] | None = None  # which path the last read took
         self._warned = False
 
@@ -217,7 +229,7 @@ class Learner:
         rows = self._query(conn, params)
         fixes = {f.id: f for p in problems for f in p.fixes}
         found: dict[str, list[FixScore]] = {code: [] for code in codes}
-        for code, fix_id, s_t, a_t, s_a, a_a, confidence, m, k, _ in rows:
+        for code, fix_id, s_t, a_t, s_a, a_a, confidence, m, k in rows:
             found[code].append(FixScore(code, fixes[fix_id], float(confidence), s_t, a_t, s_a, a_a, float(m), float(k)))
         order = {f.id: i for p in problems for i, f in enumerate(p.fixes)}
         return {code: ranked(sorted(found[code], key=lambda s: order[s.fix.id])) for code in codes}
@@ -226,10 +238,9 @@ class Learner:
         if time.monotonic() >= self._view_retry_at:
             try:
                 with conn.transaction():  # a savepoint: a missing view must not abort the caller's transaction
-                    rows = self._from_view(conn, params)
-                if rows is not None:
-                    self.last_path = "view"
-                    return rows
+                    rows = conn.execute(_FROM_VIEW, params).fetchall()
+                self.last_path = "view"
+                return rows
             except _VIEW_UNUSABLE as error:
                 # Said once at WARNING; the retries every minute only at DEBUG.
                 log.log(
@@ -240,21 +251,5 @@ class Learner:
                 )
                 self._warned = True
                 self._view_retry_at = time.monotonic() + VIEW_RETRY_S
-                self._built_at = False
         self.last_path = "raw"
-        return conn.execute(_FROM_RAW, {**params, "as_of": "-infinity"}).fetchall()
-
-    def _from_view(self, conn: psycopg.Connection, params: dict) -> list[tuple] | None:
-        # built_at is passed as a literal so the planner can range-scan ix_diag_run_resolved_at;
-        # the statement reads it again, and a rebuild in between (rare) means one retry.
-        for _ in range(3):
-            if self._built_at is False:
-                row = conn.execute(_BUILT_AT).fetchone()
-                self._built_at = row[0] if row else None
-            as_of = self._built_at if self._built_at is not None else "-infinity"
-            rows = conn.execute(_FROM_VIEW, {**params, "as_of": as_of}).fetchall()
-            current = rows[0][-1] if rows else self._built_at
-            if current == self._built_at:
-                return rows
-            self._built_at = current
-        return None  # rebuilt under our feet three times: count raw outcomes this once
+        return conn.execute(_FROM_RAW, params).fetchall()

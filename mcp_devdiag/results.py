@@ -13,10 +13,15 @@ Source = Literal["tenant", "all_tenants", "catalog"]
 class FixSuggestion(BaseModel):
     id: str = Field(description="Stable fix id; pass it to record_outcome as fix_id.")
     title: str
-    steps: list[str] = Field(description="What to do, in order.")
+    steps: list[str] = Field(description="What to do, in order; <name> placeholders filled from the finding's details.")
     confidence: float = Field(description="Learned probability (0..1) that this fix resolves the problem.")
     outcomes: int = Field(description="Recorded outcomes behind the confidence (this tenant's, else all tenants').")
     source: Source = Field(description="Whose outcomes the confidence rests on; 'catalog' means the prior only.")
+    applies: str | None = Field(
+        default=None,
+        description="When the fix applies (None: always). diagnose returns only fixes that apply to the finding; "
+        "suggest_fixes, which has no error text, lists every fix with its condition.",
+    )
 
 
 class Finding(BaseModel):
@@ -26,6 +31,11 @@ class Finding(BaseModel):
     category: str
     severity: Literal["critical", "error", "warning"]
     evidence: list[str] = Field(description="The text that matched (secrets masked).")
+    details: dict[str, str] = Field(
+        default_factory=dict,
+        description="What the message says that matters (module, package, port, host, file, branch, command...), "
+        "as captured; module_kind is own, stdlib or third_party. Only plain values, never secrets.",
+    )
     suggested_fix: str | None = Field(description="The fix to try first; outcomes are credited to it.")
     fixes: list[FixSuggestion] = Field(description="All known fixes, in the order to try them.")
 
@@ -50,6 +60,11 @@ class DiagnoseResult(BaseModel):
     tenant: str
     environment: str
     findings: list[Finding] = Field(description="Problems found, most relevant first; empty when nothing matched.")
+    unrecognised: bool = Field(
+        default=False,
+        description="True when error text was given but matched no known problem: stored as UNRECOGNISED, not as a "
+        "clean run. Help the user directly; there is no outcome to record.",
+    )
     probe: ProbeSummary | None = None
     recorded: Recorded = Field(
         description="Where the run was stored: the database, the local spool (database away; replayed later) "

@@ -22,14 +22,15 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 from mcp.server.mcpserver.exceptions import ToolError
 
 from devdiag_db.db import DatabaseUnavailable
-from mcp_devdiag import classifier, probes, writer
-from mcp_devdiag.catalog import Catalog, Problem
+from mcp_devdiag import classifier, details, probes, writer
+from mcp_devdiag.catalog import UNRECOGNISED, Catalog, Problem
 from mcp_devdiag.ids import uuid7
 from mcp_devdiag.learning import FixScore, Learner, explore, ranked
 from mcp_devdiag.recorder import Recorder
@@ -125,14 +126,15 @@ def echo(value: str, limit: int) -> str:
     return repr(redact(value)[:limit])
 
 
-def _suggestion(score: FixScore) -> FixSuggestion:
+def _suggestion(score: FixScore, found: dict[str, str] | None = None) -> FixSuggestion:
     return FixSuggestion(
         id=score.fix.id,
         title=score.fix.title,
-        steps=list(score.fix.steps),
+        steps=list(score.fix.render(found or {})),
         confidence=round(score.confidence, 4),
         outcomes=score.attempts_tenant or score.attempts_all,
         source=score.source,
+        applies=score.fix.condition(),
     )
 
 
@@ -141,6 +143,16 @@ def _uuid(name: str, value: str) -> uuid.UUID:
         return uuid.UUID(value.strip())
     except (ValueError, AttributeError):
         raise ToolError(f"{name} {echo(value, 60)} is not a UUID: pass the {name} that diagnose returned") from None
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What a diagnose call found, for building its findings and rows."""
+
+    evidence: dict[str, list[str]]
+    details: dict[str, dict[str, str]]  # code -> safe captured and derived details
+    text: str  # the redacted text diagnosed: what `text:` conditions test
+    unrecognised: bool
 
 
 class DevDiag:
@@ -194,8 +206,10 @@ class DevDiag:
                 f"input cut to {classifier.MAX_INPUT_CHARS:,} characters (its first fifth and its end were diagnosed)"
             )
         found: dict[str, list[str]] = {}
+        captured: dict[str, dict[str, str]] = {}
         for finding in classifier.classify(text, self.catalog):
             found.setdefault(finding.code, []).append(redact(finding.evidence))
+            captured[finding.code] = details.derive(self.catalog.problem(finding.code), finding.captured, text)
         probe = self._probe(url, origin or self._origin_in(text), found, notes, deadline) if url else None
         if url and probe is not None and probe.status == "refused" and not (raw_text or raw_logs or raw_context):
             raise ToolError(f"probe refused: {probe.detail}")
@@ -206,17 +220,24 @@ class DevDiag:
         if cut:
             notes.append(f"stored error text cut to {ERROR_MSG_CAP:,} characters")
         codes = list(found)
+        # Text that matched nothing is not a clean run: stored as UNRECOGNISED (docs/architecture.md).
+        unrecognised = not codes and bool(raw_text or raw_logs or raw_context)
+        if unrecognised:
+            notes.append(
+                "no known problem matched: stored as unrecognised (not as a clean run); there is no outcome to record"
+            )
+        context = _Context(found, captured, text, unrecognised)
         built: tuple[list[Finding], list[RunRow]] | None = None
         # One connection for the ranking read and the write: the fewest round trips per call.
         try:
             with self.recorder.session(tenant, deadline, replay=True) as session:
                 scores = self.learner.scores(session.conn, tenant, codes) if codes else {}
-                built = self._build(tenant, run_id, now, codes, scores, found, stored, notes)
+                built = self._build(tenant, run_id, now, codes, scores, context, stored, notes)
                 written = self.recorder.write_on(session, built[1])
         except DatabaseUnavailable as error:
             if built is None:
                 notes.append(f"ranking from catalog priors only: {error}")
-                built = self._build(tenant, run_id, now, codes, self.learner.priors(codes), found, stored, notes)
+                built = self._build(tenant, run_id, now, codes, self.learner.priors(codes), context, stored, notes)
             written = self.recorder.spool_rows(built[1], str(error))
         findings = built[0]
         if written.detail:
@@ -228,6 +249,7 @@ class DevDiag:
             tenant=tenant,
             environment=self.settings.environment,
             findings=findings,
+            unrecognised=unrecognised,
             probe=probe,
             recorded=written.recorded,
             truncated=truncated or cut,
@@ -241,16 +263,19 @@ class DevDiag:
         now: datetime,
         codes: list[str],
         scores: dict[str, list[FixScore]],
-        found: dict[str, list[str]],
+        context: _Context,
         stored: str | None,
         notes: list[str],
     ) -> tuple[list[Finding], list[RunRow]]:
-        """The findings to return and the rows to write: one per finding, or one clean row."""
+        """The findings to return and the rows to write: one per finding, or one clean or unrecognised row."""
         findings: list[Finding] = []
         rows: list[RunRow] = []
         for index, code in enumerate(codes):
             problem = self.catalog.problem(code)
-            order = self._order(scores.get(code, []), notes, code)
+            known = context.details.get(code, {})
+            # A fix that does not apply is never suggested, explored or credited: it is left out here.
+            applicable = [s for s in scores.get(code, []) if s.fix.applies(known, context.text)]
+            order = self._order(applicable, notes, code)
             first = order[0] if order else None
             finding_id = uuid7(now + timedelta(microseconds=index))  # ids sort in finding order
             rows.append(
@@ -273,12 +298,13 @@ class DevDiag:
                     title=problem.title,
                     category=problem.category,
                     severity=problem.severity,  # type: ignore[arg-type]
-                    evidence=found[code],
+                    evidence=context.evidence[code],
+                    details=known,
                     suggested_fix=first.fix.id if first else None,
-                    fixes=[_suggestion(s) for s in order],
+                    fixes=[_suggestion(s, known) for s in order],
                 )
             )
-        if not rows:  # a clean run is recorded too: freshness and volume stay visible
+        if not rows:  # a clean or unrecognised run is recorded too: freshness and volume stay visible
             rows.append(
                 RunRow(
                     id=uuid7(now),
@@ -286,6 +312,7 @@ class DevDiag:
                     ts=now,
                     tenant_id=tenant,
                     environment=self.settings.environment,
+                    problem_code=UNRECOGNISED if context.unrecognised else None,
                     error_msg=stored,
                 )
             )
@@ -401,9 +428,10 @@ class DevDiag:
         rows = conn.execute(select, (target, tenant)).fetchall()
         if not rows:
             raise ToolError(f"unknown {key} {target}: no run has it; pass the {key} that diagnose returned")
-        problems = [r for r in rows if r[1] is not None]
+        problems = [r for r in rows if r[1] is not None and r[1] != UNRECOGNISED]
         if not problems:
-            raise ToolError(f"{key} {target} is a run that found no problem: there is no outcome to record")
+            what = "matched no known problem" if any(r[1] == UNRECOGNISED for r in rows) else "found no problem"
+            raise ToolError(f"{key} {target} is a run that {what}: there is no outcome to record")
         if fix_id is not None:
             suggested = sorted({r[2] for r in problems if r[2]})
             problems = [r for r in problems if r[2] == fix_id]
@@ -510,7 +538,11 @@ class DevDiag:
         problems = [
             RecentProblem(
                 code=code,
-                title=self.catalog.problems[code].title if code in self.catalog.problems else code,
+                title=self.catalog.problems[code].title
+                if code in self.catalog.problems
+                else "Not recognised: matched no known problem"
+                if code == UNRECOGNISED
+                else code,
                 count=count,
                 share=round(count / total, 4) if total else 0.0,
                 last_day=day.isoformat(),

@@ -38,6 +38,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from mcp_devdiag.catalog import UNRECOGNISED
+
 TABLE = "devdiag.diag_run"
 STAGE = "diag_run_stage"
 ERROR_MSG_CAP = 4000
@@ -178,6 +180,8 @@ def _fix_problem(row: RunRow) -> str | None:
             return f"fix_suggestion {row.fix_suggestion!r} must be a catalog fix id or None"
         if row.problem_code is None:
             return "fix_suggestion is set on a clean run: set problem_code, or drop the fix"
+        if row.problem_code == UNRECOGNISED:
+            return f"fix_suggestion is set on an {UNRECOGNISED} run: nothing was recognised, so nothing was suggested"
     c = row.confidence
     if c is not None:
         if isinstance(c, bool) or not isinstance(c, int | float) or math.isnan(c) or not 0 <= c <= 1:
@@ -196,8 +200,8 @@ def _outcome_problem(row: RunRow) -> str | None:
         return f"resolution {row.resolution!r} needs resolved_at (when the outcome was recorded)"
     if not _aware(row.resolved_at):
         return f"resolved_at {row.resolved_at!r} must be a timezone-aware datetime"
-    if row.problem_code is None:
-        return "resolution is set on a clean run: outcomes belong to findings with a problem_code"
+    if row.problem_code is None or row.problem_code == UNRECOGNISED:
+        return "resolution is set on a run without a finding: outcomes belong to findings of catalog problems"
     if row.resolution == "fixed" and row.fix_suggestion is None:
         return "resolution 'fixed' needs fix_suggestion (the fix that worked); use 'manual' otherwise"
     return None
@@ -356,11 +360,19 @@ def record_outcome(
             where {key} = %(target)s
               and (%(tenant)s::text is null or tenant_id = %(tenant)s)
               and problem_code is not null
+              and problem_code <> %(unrecognised)s
               and (%(fix_id)s::text is null or fix_suggestion = %(fix_id)s)
               and (%(resolution)s <> 'fixed' or fix_suggestion is not null)
               and (resolution is null or (resolution <> %(resolution)s and resolved_at < %(at)s))
             """
         ).format(table=sql.Identifier(*TABLE.split(".")), key=sql.Identifier(target[0])),
-        {"resolution": resolution, "at": at, "target": target[1], "fix_id": fix_id, "tenant": tenant},
+        {
+            "resolution": resolution,
+            "at": at,
+            "target": target[1],
+            "fix_id": fix_id,
+            "tenant": tenant,
+            "unrecognised": UNRECOGNISED,
+        },
     )
     return cur.rowcount

@@ -21,10 +21,12 @@ not perturb each other):
   set by its severity; a run sees at most two. Runs that see nothing are clean rows.
 - Attempts: a sighting with no fix in flight is an attempt: the team picks a fix by Thompson
   sampling (Beta(successes+1, failures+1) per fix, from the outcomes recorded so far for that
-  tenant × problem). The outcome, drawn from the fix's hidden true success rate, is recorded
-  hours to days later (``resolved_at``); sightings meanwhile carry the same suggestion. ``fixed``
-  or ``manual`` ends the incident; ``failed`` lets the next sighting try again. Outcomes due
-  after ``now`` stay pending (NULL).
+  tenant × problem) among the fixes whose catalog conditions hold for the incident's error text
+  (``applicable_fixes``: no force-push for a rejected push to main, no ``pip install`` for the
+  project's own module), as the server would suggest them. The outcome, drawn from the fix's
+  hidden true success rate, is recorded hours to days later (``resolved_at``); sightings
+  meanwhile carry the same suggestion. ``fixed`` or ``manual`` ends the incident; ``failed``
+  lets the next sighting try again. Outcomes due after ``now`` stay pending (NULL).
 - Confidence: each suggestion stores what ``devdiag.fix_confidence`` gave at that moment, from
   the outcomes recorded before the run (that tenant, and all tenants); the formula is evaluated
   by the database, in bulk, never re-implemented here.
@@ -59,7 +61,7 @@ import psycopg
 
 from devdiag_db.config import ConnectionSettings
 from devdiag_db.db import DatabaseUnavailable, connect
-from mcp_devdiag import ids
+from mcp_devdiag import classifier, details, ids
 from mcp_devdiag.catalog import Problem, load_catalog
 from mcp_devdiag.writer import RunRow, write_runs
 
@@ -123,7 +125,7 @@ ERROR_TEMPLATES: dict[str, str] = {
     "or its corresponding type declarations.",
     "NPM_ERESOLVE": "npm ERR! code ERESOLVE\nnpm ERR! ERESOLVE unable to resolve dependency tree\n"
     'npm ERR! Found: react@{react}\nnpm ERR! Could not resolve dependency: peer react@"^{react_peer}"',
-    "GIT_NON_FAST_FORWARD": " ! [rejected]        main -> main (fetch first)\n"
+    "GIT_NON_FAST_FORWARD": " ! [rejected]        {branch} -> {branch} (fetch first)\n"
     "error: failed to push some refs to 'github.com:{org}/{repo}.git'\n"
     "hint: Updates were rejected because the remote contains work that you do not have locally.",
     "PY_VERSION_MISMATCH": "ERROR: Package '{pypkg}' requires a different Python: "
@@ -254,6 +256,7 @@ _FILL: dict[str, tuple[str, ...]] = {
     "pyold": ("8", "9", "10"),
     "pynew": ("11", "12"),
     "patch": ("10", "13", "18"),
+    "branch": ("main", "main", "master", "feature/checkout", "fix/flaky-login-test"),
 }
 
 TENANT_NAMES = ("acme", "globex", "initech", "umbrella", "hooli", "soylent", "stark", "wayne")
@@ -339,6 +342,7 @@ class _Incident:
     environment: str
     sighting: float
     fix: int | None = None  # the fix in flight (an attempt waiting for its outcome)
+    applicable: tuple[int, ...] = ()  # the fixes whose catalog conditions hold for this error text
     flare_up: bool = False  # reopened for the runbook's "recent occurrences": seen once regardless
 
 
@@ -546,6 +550,18 @@ def demo_tenants(count: int = 3) -> tuple[Tenant, ...]:
         labels = tuple(e for e, _ in envs)
         result.append(Tenant(name, weight, offset, labels, tuple(itertools.accumulate(w for _, w in envs))))
     return tuple(result)
+
+
+@functools.cache
+def applicable_fixes(code: str, error_msg: str) -> tuple[int, ...]:
+    """Indexes of ``code``'s fixes whose conditions hold for ``error_msg``, decided as the server
+    decides them (classifier captures, mcp_devdiag.details); every fix when the text is not matched."""
+    catalog = load_catalog()
+    problem = catalog.problem(code)
+    captured = next((f.captured for f in classifier.classify(error_msg, catalog) if f.code == code), {})
+    found = details.derive(problem, captured, error_msg)
+    applicable = tuple(i for i, fix in enumerate(problem.fixes) if fix.applies(found, error_msg))
+    return applicable or tuple(range(len(problem.fixes)))
 
 
 def error_message(code: str, rng: random.Random) -> str | None:
@@ -786,13 +802,15 @@ class _Simulation:
 
     def _start(self, tenant: int, problem: DemoProblem, *, flare_up: bool = False) -> None:
         rng = self.rng_incidents
+        error_msg = error_message(problem.code, rng) or problem.code
         inc = _Incident(
             tenant=tenant,
             problem=problem,
-            error_msg=error_message(problem.code, rng) or problem.code,
+            error_msg=error_msg,
             environment=self.tenants[tenant].environment(rng),
             sighting=SIGHTING.get(problem.severity, 0.55),
             flare_up=flare_up,
+            applicable=applicable_fixes(problem.code, error_msg),
         )
         self.open[tenant].append(inc)
 
@@ -869,7 +887,7 @@ class _Simulation:
         row = _Row(run_no, ts, tenant, env, problem.code, error_msg=inc.error_msg)
         inc.flare_up = False  # seen: from now on the usual limits apply
         if inc.fix is None:
-            inc.fix = self._choose_fix(tenant, problem)
+            inc.fix = self._choose_fix(tenant, problem, inc.applicable)
             self._attempt(row, inc)
         fix_id = problem.fixes[inc.fix]
         row.fix = fix_id
@@ -879,11 +897,13 @@ class _Simulation:
         row.score_key = self.score_keys.setdefault(key, key)
         return row
 
-    def _choose_fix(self, tenant: int, problem: DemoProblem) -> int:
-        """Thompson sampling on this tenant's recorded outcomes for the problem's fixes."""
+    def _choose_fix(self, tenant: int, problem: DemoProblem, applicable: Sequence[int]) -> int:
+        """Thompson sampling on this tenant's recorded outcomes for the problem's fixes that apply
+        (as the server does: a fix whose condition fails is never suggested, so never credited)."""
         rng = self.rng_outcomes
-        best, best_draw = 0, -1.0
-        for i, fix_id in enumerate(problem.fixes):
+        best, best_draw = applicable[0], -1.0
+        for i in applicable:
+            fix_id = problem.fixes[i]
             s, n = self.by_tenant.get((tenant, problem.code, fix_id), (0, 0))
             draw = rng.betavariate(s + 1, n - s + 1)
             if draw > best_draw:

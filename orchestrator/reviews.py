@@ -70,6 +70,8 @@ ACTIVITY_SUMMARY_7D = """
 select
     count(distinct run_id) as runs,
     count(distinct run_id) filter (where problem_code is null) as clean_runs,
+    -- text that matched no catalog problem: stored as UNRECOGNISED, never a clean run
+    count(distinct run_id) filter (where problem_code = 'UNRECOGNISED') as unrecognised_runs,
     count(problem_code) as findings,
     count(distinct problem_code) as distinct_problems,
     count(distinct tenant_id) as tenants,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mcp_devdiag.catalog import CATEGORIES, SEVERITIES, Catalog, Fix, Problem, load_catalog
+from mcp_devdiag.catalog import CATEGORIES, SEVERITIES, Catalog, Fix, Problem, load_catalog, parse_catalog
 
 CATALOG_FILE = Path(__file__).resolve().parents[2] / "mcp_devdiag" / "catalog.yaml"
 
@@ -242,3 +242,43 @@ def test_validation_rejects_unknown_version(tmp_path: Path, raw: dict[str, Any])
     raw["version"] = 2
     with pytest.raises(ValueError, match="version"):
         load_catalog(write(tmp_path, raw))
+
+
+def _fix_of(data: dict[str, Any], fix_id: str) -> dict[str, Any]:
+    return next(f for p in data["problems"] for f in p["fixes"] if f["id"] == fix_id)
+
+
+def _all_conditional(data: dict[str, Any]) -> None:
+    for fix_id in ("git-pull-rebase-then-push", "git-set-pull-strategy"):
+        _fix_of(data, fix_id)["when"] = {"branch": "main"}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: _fix_of(d, "git-force-with-lease").update(when={"remote": ["origin"]}), "names 'remote'"),
+        (lambda d: _fix_of(d, "git-force-with-lease").update(when={"branch": {"like": "x"}}), "use a value, a list"),
+        (lambda d: _fix_of(d, "git-force-with-lease").update(when={"branch": {"matches": "("}}), "does not compile"),
+        (lambda d: _fix_of(d, "py-fix-package-path").update(unless={"module_kind": "mine"}), "module_kind is one of"),
+        (lambda d: _fix_of(d, "git-force-with-lease").update(if_branch="x"), "unknown key(s) if_branch"),
+        (_all_conditional, "without 'when' or 'unless'"),
+        (lambda d: d["problems"][0].update(code="UNRECOGNISED"), "is reserved"),
+        (lambda d: d["problems"][0]["patterns"].append("(?P<Bad>x)"), "capture name 'Bad'"),
+    ],
+)
+def test_bad_conditions_are_refused_in_one_line_naming_the_entry(raw, change, message) -> None:
+    change(raw)
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        parse_catalog(raw)
+    assert "\n" not in str(info.value) and "problem " in str(info.value)
+
+
+def test_conditions_decide_and_steps_render_with_details(catalog: Catalog) -> None:
+    _, force = catalog.fix("git-force-with-lease")
+    assert not force.applies({"branch": "main"}) and not force.applies({})  # unknown branch: not offered
+    assert force.applies({"branch": "feature/x"})
+    assert force.render({"branch": "feature/x"})[0].endswith("git push --force-with-lease origin feature/x.")
+    _, install = catalog.fix("py-install-in-active-env")
+    assert install.applies({"module_kind": "third_party"}) and install.applies({})  # `unless`: needs evidence
+    assert not install.applies({"module_kind": "own"}) and not install.applies({"module_kind": "stdlib"})
+    assert "<package>" in install.steps[1] and "pip install yaml" not in install.render({"package": "pyyaml"})[1]

@@ -237,3 +237,48 @@ def test_view_plus_fresh_outcomes_equals_counting_every_outcome(worlds):
             ), code
             assert score.confidence == pytest.approx(reference.confidence, abs=1e-12)
     assert sum(s.attempts_all for scores in world.final.values() for s in scores) == len(world.pairs)
+
+
+def test_an_outcome_recorded_between_builds_counts_exactly_once(pg, template):
+    """The view holds other tenants' outcomes as of the build, the tenant's own are counted live: an
+    outcome changed after a build (failed -> fixed), or replayed late with a time before the build,
+    counts once before the next build and once after it."""
+    settings = _copy(pg, template)
+    catalog = load_catalog()
+    code = "PORT_IN_USE"
+    fix = catalog.problem(code).fixes[0].id
+    learner = Learner(catalog)
+
+    def build() -> None:
+        results = dbt.invoke(settings, ["run", "--select", "+v_fix_ranking"])
+        assert results and all(r.status == "success" for r in results)
+
+    try:
+        with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+
+            def finding(tenant: str) -> RunRow:
+                now = datetime.now(UTC)
+                return RunRow(uuid7(now), uuid7(now), now, tenant, "linux/python-3.12", code, fix, 0.5)
+
+            def counts() -> tuple[int, int, int, int]:
+                score = next(s for s in learner.scores(conn, TENANT, [code])[code] if s.fix.id == fix)
+                assert learner.last_path == "view"
+                return score.successes_tenant, score.attempts_tenant, score.successes_all, score.attempts_all
+
+            mine, late, other = finding(TENANT), finding(TENANT), finding("other-team")
+            write_runs(conn, [mine, late, other])
+            before_build = datetime.now(UTC)
+            assert record_outcome(conn, finding_id=mine.id, resolution="failed", at=before_build) == 1
+            assert record_outcome(conn, finding_id=other.id, resolution="fixed", at=before_build) == 1
+            build()
+            assert counts() == (0, 1, 1, 2)
+            # Between builds: the tenant's outcome changes, and one arrives late (a spool replay) with
+            # the time it was recorded at, before the build.
+            assert record_outcome(conn, finding_id=mine.id, resolution="fixed", at=datetime.now(UTC)) == 1
+            assert counts() == (1, 1, 2, 2)
+            assert record_outcome(conn, finding_id=late.id, resolution="failed", at=before_build) == 1
+            assert counts() == (1, 2, 2, 3)
+            build()
+            assert counts() == (1, 2, 2, 3)
+    finally:
+        _drop(pg, settings.dbname)

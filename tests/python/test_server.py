@@ -133,12 +133,12 @@ def test_diagnose_returns_ranked_fixes_and_records_one_row_per_finding(make, pg)
         assert finding["evidence"] and all(finding["evidence"])
 
 
-def test_a_clean_run_is_recorded_too(make, pg):
+def test_text_that_matches_nothing_is_recorded_as_unrecognised(make, pg):
     server, _ = make()
     result = ok(server, "diagnose", {"error_text": "all 12 tests passed in 0.8s"})
-    assert result["findings"] == []
+    assert result["findings"] == [] and result["unrecognised"] is True
     (row,) = rows_of(pg, result["run_id"])
-    assert row["problem_code"] is None and row["fix_suggestion"] is None and row["confidence"] is None
+    assert row["problem_code"] == "UNRECOGNISED" and row["fix_suggestion"] is None and row["confidence"] is None
 
 
 def test_no_secret_reaches_the_database_or_the_result(make, pg):
@@ -259,7 +259,7 @@ def test_record_outcome_by_finding_id_touches_one_finding(make, pg):
         ({"run_id": "RUN", "resolution": "worked"}, "'fixed', 'manual' or 'failed'"),
         ({"run_id": "RUN", "resolution": "fixed", "fix_id": "no-such-fix"}, "unknown fix_id"),
         ({"run_id": "RUN", "resolution": "fixed", "fix_id": "cors-allow-origin"}, "was not the suggested fix"),
-        ({"run_id": "CLEAN", "resolution": "manual"}, "found no problem"),
+        ({"run_id": "CLEAN", "resolution": "manual"}, "matched no known problem"),
     ],
 )
 def test_record_outcome_refuses_what_it_cannot_record(make, pg, args, needle):
@@ -351,3 +351,120 @@ def test_url_outside_the_allow_list_is_not_probed(make):
     result = ok(server, "diagnose", {"url": "https://example.com/", "error_text": CORS_ERROR})
     assert result["probe"]["status"] == "refused" and "DEVDIAG_ALLOW_PROBES" in result["probe"]["detail"]
     assert [f["code"] for f in result["findings"]] == ["CORS_BLOCKED"]
+
+
+# --- captured details, fixes that apply, unrecognised runs ---------------------------------------------
+
+PUSH_REJECTED = (
+    "To github.com:acme/shop.git\n ! [rejected]        {branch} -> {branch} (fetch first)\n"
+    "error: failed to push some refs to 'github.com:acme/shop.git'\n"
+    "hint: Updates were rejected because the remote contains work that you do not have locally."
+)
+
+
+def most_confident(finding: dict[str, Any]) -> dict[str, Any]:
+    return max(finding["fixes"], key=lambda f: f["confidence"])
+
+
+def test_push_rejected_on_main_never_offers_force_push_and_renders_the_pull(make, pg):
+    server, _ = make()
+    result = ok(server, "diagnose", {"error_text": PUSH_REJECTED.format(branch="main")})
+    (finding,) = result["findings"]
+    assert finding["code"] == "GIT_NON_FAST_FORWARD" and finding["details"] == {"branch": "main"}
+    ids = [f["id"] for f in finding["fixes"]]
+    assert "git-force-with-lease" not in ids and finding["suggested_fix"] != "git-force-with-lease"
+    top = most_confident(finding)
+    assert top["id"] == "git-pull-rebase-then-push"
+    assert top["steps"][0].startswith("Run git pull --rebase origin main (")
+    assert rows_of(pg, result["run_id"])[0]["fix_suggestion"] in ids
+
+    feature = ok(server, "diagnose", {"error_text": PUSH_REJECTED.format(branch="feature/login")})["findings"][0]
+    force = next(f for f in feature["fixes"] if f["id"] == "git-force-with-lease")
+    assert "git push --force-with-lease origin feature/login." in force["steps"][0]
+    assert force["applies"] == "when branch is none of main, master, trunk, develop, production"
+
+
+def test_missing_third_party_module_suggests_installing_that_package(make):
+    server, _ = make()
+    text = (
+        'Traceback (most recent call last):\n  File "/home/dev/shop/app/main.py", line 3, in <module>\n'
+        "    import requests\nModuleNotFoundError: No module named 'requests'"
+    )
+    (finding,) = ok(server, "diagnose", {"error_text": text})["findings"]
+    assert finding["details"] == {"module": "requests", "module_kind": "third_party", "package": "requests"}
+    top = most_confident(finding)
+    assert top["id"] == "py-install-in-active-env"
+    assert any("pip install requests " in step for step in top["steps"])
+    assert "py-fix-package-path" not in [f["id"] for f in finding["fixes"]]
+
+    # The project's own package (a folder of the traceback's path): fix the import path, never pip install.
+    own = text.replace("'requests'", "'app.models'").replace("import requests", "import app.models")
+    (finding,) = ok(server, "diagnose", {"error_text": own})["findings"]
+    assert finding["details"]["module_kind"] == "own" and "package" not in finding["details"]
+    ids = [f["id"] for f in finding["fixes"]]
+    assert "py-fix-package-path" in ids and "py-install-in-active-env" not in ids
+
+
+def test_a_fix_whose_condition_fails_is_never_returned_explored_or_credited(make, pg):
+    server, _ = make()
+    # Make force-push the tenant's most successful fix where it applies (feature branches)...
+    for _ in range(8):
+        run = ok(server, "diagnose", {"error_text": PUSH_REJECTED.format(branch="feature/x")})
+        if run["findings"][0]["suggested_fix"] == "git-force-with-lease":
+            ok(server, "record_outcome", {"run_id": run["run_id"], "resolution": "fixed"})
+        else:
+            ok(server, "record_outcome", {"run_id": run["run_id"], "resolution": "failed"})
+    # ...it is still never suggested, listed or explored on main, and cannot be credited there.
+    for _ in range(15):
+        run = ok(server, "diagnose", {"error_text": PUSH_REJECTED.format(branch="main")})
+        finding = run["findings"][0]
+        assert finding["suggested_fix"] != "git-force-with-lease"
+        assert "git-force-with-lease" not in [f["id"] for f in finding["fixes"]]
+        assert not any("force-with-lease" in note for note in run["notes"])
+    needle = "was not the suggested fix"
+    args = {"run_id": run["run_id"], "resolution": "fixed", "fix_id": "git-force-with-lease"}
+    assert needle in error_text(server, "record_outcome", args)
+    assert all(r["resolution"] is None for r in rows_of(pg, run["run_id"]))
+
+
+def test_an_unknown_error_is_stored_as_unrecognised_not_clean(make, pg):
+    server, _ = make()
+    rust = (
+        "error[E0502]: cannot borrow `v` as mutable because it is also borrowed as immutable\n"
+        " --> src/main.rs:4:5\n  |\n3 |     let first = &v[0];\n  |                  - immutable borrow occurs here"
+    )
+    result = ok(server, "diagnose", {"error_text": rust})
+    assert result["findings"] == [] and result["unrecognised"] is True
+    assert any("unrecognised" in note for note in result["notes"])
+    (row,) = rows_of(pg, result["run_id"])
+    assert row["problem_code"] == "UNRECOGNISED" and row["fix_suggestion"] is None and row["error_msg"]
+    needle = "matched no known problem"
+    assert needle in error_text(server, "record_outcome", {"run_id": result["run_id"], "resolution": "manual"})
+
+
+def test_unrecognised_runs_are_counted_alike_by_health_checks_panels_and_review(pg, tmp_path):
+    from conftest import own_database
+
+    from orchestrator import dbt
+    from orchestrator.reviews import ACTIVITY_SUMMARY_7D
+
+    with own_database(pg, "devdiag_unrecognised") as settings:
+        config = ServerSettings(
+            tenant="t-unknown", environment=ENV, database=DatabaseTarget(settings), spool_dir=tmp_path / "spool"
+        )
+        server, app = build_server(config, rng=random.Random(3))
+        try:
+            assert ok(server, "diagnose", {"error_text": "error[E0502]: cannot borrow `v` as mutable"})["unrecognised"]
+        finally:
+            app.recorder.close()
+        results = dbt.invoke(settings, ["build", "--select", "+v_activity_hourly", "+health_checks"])
+        assert results and all(r.status in {"success", "pass", "warn"} for r in results)
+        with psycopg.connect(settings.conninfo(), row_factory=psycopg.rows.dict_row) as conn:
+            panels = conn.execute("select problem_code, runs from devdiag.v_activity_hourly").fetchall()
+            assert [(r["problem_code"], r["runs"]) for r in panels] == [("UNRECOGNISED", 1)]
+            diversity = conn.execute(
+                "select value from devdiag.health_checks where check_name = 'problem_diversity_today'"
+            ).fetchone()
+            assert diversity["value"] == 1
+            activity = conn.execute(ACTIVITY_SUMMARY_7D).fetchone()
+            assert (activity["runs"], activity["clean_runs"], activity["unrecognised_runs"]) == (1, 0, 1)
