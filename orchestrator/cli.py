@@ -7,12 +7,13 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from devdiag_db import config, embedded
-from devdiag_db.db import DatabaseUnavailable
+from devdiag_db.db import DatabaseUnavailable, connect
 from orchestrator.health import START_DB, run_health
 
 if TYPE_CHECKING:
@@ -84,14 +85,42 @@ def db_stop() -> None:
     click.echo("stopped" if embedded.stop() else "not running")
 
 
+@db.command("upgrade")
+@click.option(
+    "--old-bindir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="bin directory of the old PostgreSQL (default: the pgserver wheel in this environment, or a system one).",
+)
+def db_upgrade(old_bindir: Path | None) -> None:
+    """Upgrade an embedded database of an older PostgreSQL (16, before DevDiag 0.6) to PostgreSQL 18.
+
+    pg_upgrade copies it into a new data directory; the old one stays as pgdata.16 until you remove it.
+    Then the server starts and the extensions `devdiag setup` creates are created.
+    """
+    from orchestrator.provision import create_extensions
+
+    _require_embedded("upgrade")
+    done = embedded.upgrade(old_bindir, progress=status_line)
+    embedded.start()
+    with connect(config.settings()) as conn:
+        present, missing = create_extensions(conn)
+    missing_stats = embedded.analyze_missing()
+    click.echo(
+        f"upgraded PostgreSQL {done.from_major} -> {embedded.MAJOR} in {done.seconds:.0f}s; running on port "
+        f"{embedded.status().port}; extensions: {', '.join(present) or 'none'}; the {done.from_major} copy is "
+        f"{done.old_copy}: remove it once you are satisfied"
+    )
+    for line in (*missing, *missing_stats):
+        click.echo(line, err=True)
+
+
 @db.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def db_status(as_json: bool) -> None:
     """Say whether the database is up; exit 1 when it is not."""
     external = config.external_settings()
     if external is not None:
-        from devdiag_db.db import connect
-
         try:
             with connect(external) as conn:
                 version = conn.execute("show server_version").fetchone()[0]
@@ -106,6 +135,7 @@ def db_status(as_json: bool) -> None:
             "pid": current.pid,
             "port": current.port,
             "data_dir": str(embedded.data_dir()),
+            "major": embedded.data_major(),  # of the data directory; another than embedded.MAJOR needs an upgrade
         }
     if as_json:
         emit_json(state)
@@ -182,6 +212,10 @@ def setup() -> None:
     click.echo(f"schema devdiag ready on {where.describe()}")
     click.echo(f"roles {', '.join(report.roles)}: passwords set (kept in {secrets_file()}, mode 0600)")
     click.echo(f"fix catalog: {report.catalog_fixes} fixes")
+    if report.extensions:
+        click.echo(f"extensions: {', '.join(report.extensions)}")
+    for line in report.missing:
+        click.echo(f"extension not created, {line}", err=True)
 
 
 @main.command()

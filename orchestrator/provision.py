@@ -15,22 +15,59 @@ from devdiag_db.db import connect
 from orchestrator import dbt
 from orchestrator.secrets import ROLE_ENV, role_password, scram_verifier
 
+# pg_stat_statements: the runbook's slow-query review (`devdiag perf`); pg_trgm: similarity of error texts.
+# In schema public, where the runbook's unqualified `from pg_stat_statements` finds it.
+EXTENSIONS = ("pg_stat_statements", "pg_trgm")
+
 
 @dataclass(frozen=True)
 class SetupReport:
     roles: tuple[str, ...]
     catalog_fixes: int
+    extensions: tuple[str, ...] = ()  # created or already there
+    missing: tuple[str, ...] = ()  # one line each: which extension and what to do
 
 
 def setup(conn_settings: ConnectionSettings) -> SetupReport:
     dbt.run_operation(conn_settings, "devdiag_setup")
     with connect(conn_settings) as conn:
         _utc_days(conn, conn_settings.dbname)
+        extensions, missing = create_extensions(conn)
+        untracked(conn)
         for role in ROLE_ENV:
             verifier = scram_verifier(role_password(role))
             conn.execute(sql.SQL("alter role {} with login password {}").format(sql.Identifier(role), verifier))
         fixes = sync_catalog(conn)
-    return SetupReport(tuple(ROLE_ENV), fixes)
+    return SetupReport(tuple(ROLE_ENV), fixes, extensions, missing)
+
+
+def untracked(conn: psycopg.Connection) -> None:
+    """Keep this session's utility statements (role passwords' SCRAM verifiers) out of
+    pg_stat_statements, whose query texts pg_read_all_stats members read. Only a superuser may set
+    it; otherwise the server's own setting decides (the embedded server's is off)."""
+    try:
+        with conn.transaction():
+            conn.execute("set pg_stat_statements.track_utility = off")
+    except psycopg.errors.InsufficientPrivilege:
+        pass
+
+
+def create_extensions(conn: psycopg.Connection) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Create EXTENSIONS where the server has them: (present, why-not lines). An external server
+    without them, or a login that may not create them, is no reason to fail setup."""
+    present, missing = [], []
+    for name in EXTENSIONS:
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("create extension if not exists {} schema public").format(sql.Identifier(name)))
+            present.append(name)
+        except (psycopg.errors.FeatureNotSupported, psycopg.errors.UndefinedFile):  # 0A000 since 15, 58P01 before
+            missing.append(f"{name}: this PostgreSQL does not ship it (install its contrib package)")
+        except psycopg.errors.InsufficientPrivilege:
+            missing.append(f"{name}: this login may not create it; a superuser can: `create extension {name}`")
+        except psycopg.errors.InvalidSchemaName:
+            missing.append(f"{name}: schema public does not exist; `create extension {name}` in another schema")
+    return tuple(present), tuple(missing)
 
 
 def _utc_days(conn: psycopg.Connection, dbname: str) -> None:
@@ -117,6 +154,7 @@ def grafana_tenant(conn_settings: ConnectionSettings, tenant: str) -> TenantRead
     verifier = scram_verifier(role_password(role))
     ident = sql.Identifier(role)
     with connect(conn_settings) as conn, conn.transaction():
+        untracked(conn)
         registered = conn.execute(
             "select role_name from devdiag.tenant_reader where tenant_id = %s", (tenant,)
         ).fetchone()

@@ -31,6 +31,7 @@ import contextlib
 import gzip
 import hashlib
 import json
+import re
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ from orchestrator.backup import (
 )
 from orchestrator.contract import PUBLIC_VIEWS, RAW_INDEXES
 from orchestrator.progress import Progress
+from orchestrator.provision import EXTENSIONS, create_extensions, untracked
 from orchestrator.secrets import backup_key, role_password, scram_verifier
 
 MAINTENANCE_DATABASES = ("postgres", "template1")
@@ -62,6 +64,16 @@ OWN_DEFINER_FUNCTIONS = ("devdiag.token_lookup(text)", "devdiag.token_used(text)
 # stale by design, and its fix confidence is what it was), so they are reported, not held against it.
 STRUCTURAL_CHECKS = {"views_present", "indexes_present"}
 RESTORE_ROLE = "devdiag_restore"
+# pg_dump 18 (and 17.6, 16.10, ...) brackets its SQL with `\restrict KEY` ... `\unrestrict KEY`.
+_RESTRICT_RE = re.compile(rb"^\\(un)?restrict [A-Za-z0-9]+$")
+# DevDiag's own extensions: the admin creates them where the server has them (the restricted role may
+# not: pg_stat_statements is untrusted, and only an extension's owner may comment on it), so the
+# dump's one-line statements about them are not fed.
+_OWN_EXTENSION_RE = re.compile(
+    rb"^(?:CREATE EXTENSION IF NOT EXISTS|COMMENT ON EXTENSION) (?:"
+    + b"|".join(re.escape(name.encode()) for name in EXTENSIONS)
+    + rb") .*;$"
+)
 
 
 @dataclass
@@ -272,6 +284,7 @@ class _Handover:
     restricted: ConnectionSettings
     owner: str
     schema_owners: dict[str, str]
+    missing_extensions: tuple[str, ...] = ()
 
 
 def _restore_restricted(
@@ -293,7 +306,7 @@ def _restore_restricted(
             _release(admin, handover, committed=False)
             raise
         _release(admin, handover, committed=True)
-    return warnings
+    return [*warnings, *(f"extension not created, {line}" for line in handover.missing_extensions)]
 
 
 def _prepare(admin: psycopg.Connection, target: ConnectionSettings, replaced: list[str], manifest: dict) -> _Handover:
@@ -307,6 +320,7 @@ def _prepare(admin: psycopg.Connection, target: ConnectionSettings, replaced: li
     attributes = "LOGIN NOCREATEDB NOCREATEROLE NOINHERIT"
     if is_super:  # only a superuser may even name these (to turn them off)
         attributes += " NOSUPERUSER NOREPLICATION NOBYPASSRLS"
+    untracked(admin)  # the role's SCRAM verifier stays out of pg_stat_statements
     try:
         with admin.transaction():
             exists = admin.execute("select 1 from pg_roles where rolname = %s", (RESTORE_ROLE,)).fetchone()
@@ -331,6 +345,7 @@ def _prepare(admin: psycopg.Connection, target: ConnectionSettings, replaced: li
                     "select nspowner::regrole::text from pg_namespace where quote_ident(nspname) = %s", (schema,)
                 ).fetchone()[0]
                 admin.execute(sql.SQL("alter schema " + schema + " owner to {}").format(role))
+            _, missing_extensions = create_extensions(admin)
             for name in manifest.get("roles", []):
                 if not admin.execute("select 1 from pg_roles where rolname = %s", (name,)).fetchone():
                     admin.execute(sql.SQL("create role {} nologin").format(sql.Identifier(name)))
@@ -349,7 +364,7 @@ def _prepare(admin: psycopg.Connection, target: ConnectionSettings, replaced: li
     restricted = ConnectionSettings(
         {**target.params, "user": RESTORE_ROLE, "password": password}, embedded=target.embedded
     )
-    return _Handover(restricted, owner, schema_owners)
+    return _Handover(restricted, owner, schema_owners, missing_extensions)
 
 
 def _check_role(admin: psycopg.Connection) -> None:
@@ -439,7 +454,9 @@ class _Loader:
                 nl = data.index(b"\n", pos, end)
                 line = data[pos : nl + 1]
                 pos = nl + 1
-                if _COPY_RE.match(line[:-1]):
+                if _RESTRICT_RE.match(line[:-1]) or _OWN_EXTENSION_RE.match(line[:-1]):
+                    pass  # \restrict: psql's guard against meta-commands; this loader runs none at all
+                elif _COPY_RE.match(line[:-1]):
                     self.execute(bytes(self.pending))
                     self.pending.clear()
                     self.copy_cm = self.cursor.copy(line.decode())

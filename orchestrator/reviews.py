@@ -419,9 +419,9 @@ def slow_queries(conn: psycopg.Connection) -> dict[str, Any]:
     if ext["schema"] is None:
         how = "add it to shared_preload_libraries, restart, then `create extension pg_stat_statements`"
         if ext["preloaded"]:
-            how = "it is loaded: run `create extension pg_stat_statements` in this database"
+            how = "it is loaded: run `devdiag setup` (or `create extension pg_stat_statements`) in this database"
         elif not ext["available"]:
-            how = "this PostgreSQL does not ship it (the embedded one does not); use a server that does"
+            how = "this PostgreSQL does not ship it: install its contrib package (the embedded one has it)"
         return {"enabled": False, "message": f"pg_stat_statements is not enabled: {how}", "rows": []}
     try:
         with conn.transaction():

@@ -50,6 +50,7 @@ def test_status_reports_the_running_server(pg):
     assert result.exit_code == 0
     state = json.loads(result.output)
     assert state["running"] is True and state["embedded"] is True and state["port"] > 0
+    assert state["major"] == embedded.MAJOR == 18
 
 
 def test_setup_is_idempotent_and_prints_no_secret(pg):

@@ -1,22 +1,16 @@
 """`devdiag review`, `devdiag capacity`, `devdiag perf`: the runbook's reviews on the demo data, their
-JSON, exit codes and faults; slow queries from a real pg_stat_statements when the machine has one."""
+JSON, exit codes and faults; slow queries from the embedded server's pg_stat_statements."""
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import json
-import os
-import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 from click.testing import CliRunner
+from conftest import own_database
 from psycopg import sql
 
 from devdiag_db.config import ConnectionSettings
@@ -207,74 +201,72 @@ def test_perf_flags_an_unused_raw_index_and_spares_the_used_one(demo_db):
             assert index["note"] == "enforces uniqueness: keep"
 
 
-def test_perf_says_plainly_when_pg_stat_statements_is_missing(demo_db):
-    result = invoke(reviews.perf)
-    assert result.exit_code == 0, result.output
-    assert "Table sizes" in result.output and "Index usage" in result.output
-    assert "pg_stat_statements is not enabled" in result.output
-    slow = json.loads(invoke(reviews.perf, "--json").output)["slow_queries"]
-    assert slow["enabled"] is False and slow["rows"] == [] and "pg_stat_statements" in slow["message"]
-
-
-# --- a real pg_stat_statements --------------------------------------------------------------------
-
-
-def _system_postgres() -> Path | None:
-    """The bin directory of a system PostgreSQL that ships pg_stat_statements, if any."""
-    for bin_dir in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
-        lib = Path(bin_dir).parent / "lib" / "pg_stat_statements.so"
-        if (Path(bin_dir) / "postgres").exists() and lib.exists():
-            return Path(bin_dir)
-    return None
-
-
-@pytest.fixture(scope="module")
-def statements_server(devdiag_home) -> Iterator[ConnectionSettings]:
-    """A throwaway system PostgreSQL with pg_stat_statements loaded (skipped when there is none)."""
-    bin_dir = _system_postgres()
-    if bin_dir is None:
-        pytest.skip("no system PostgreSQL with pg_stat_statements on this machine")
-    as_user = {"user": "pgserver"} if os.geteuid() == 0 else {}  # postgres refuses to run as root
-    base = Path(tempfile.mkdtemp(prefix="devdiag-pss-"))
-    base.chmod(0o755)
-    data, sock = base / "data", base / "sock"
-    for d in (data, sock):
-        d.mkdir(mode=0o700)
-        if as_user:
-            shutil.chown(d, "pgserver", "pgserver")
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(args, capture_output=True, text=True, check=False, timeout=120, **as_user)
-
-    init = run(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--locale=C", "-E", "UTF8")
-    assert init.returncode == 0, init.stderr
-    options = f"-k {sock} -c listen_addresses='' -c shared_preload_libraries=pg_stat_statements -p 5439"
-    start = run(str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-w", "-l", str(sock / "log"), "start")
-    try:
-        assert start.returncode == 0, start.stderr
-        settings = ConnectionSettings({"host": str(sock), "port": "5439", "user": "postgres", "dbname": "postgres"})
-        yield settings
-    finally:
-        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
-        with contextlib.suppress(OSError):
-            shutil.rmtree(base)
-
-
-def test_perf_lists_slow_queries_from_pg_stat_statements(statements_server):
-    with psycopg.connect(statements_server.conninfo(), autocommit=True) as conn:
-        conn.execute("create schema if not exists devdiag")
-        conn.execute("create table if not exists devdiag.diag_run (id int primary key, ts timestamptz)")
-        conn.execute("create index if not exists ix_diag_run_ts on devdiag.diag_run (ts)")
+def test_perf_lists_the_slowest_devdiag_statements_from_pg_stat_statements(demo_db):
+    """The embedded PostgreSQL 18 preloads pg_stat_statements and `devdiag setup` creates it."""
+    with psycopg.connect(demo_db.conninfo(), autocommit=True) as conn:
         for _ in range(3):
             conn.execute("select count(*) from devdiag.diag_run where ts > now() - interval '1 day'")
-        before = reviews.slow_queries(conn)
-        assert before["enabled"] is False and "`create extension pg_stat_statements`" in before["message"]
-        conn.execute("create extension if not exists pg_stat_statements")
-        conn.execute("select count(*) from devdiag.diag_run where ts > now() - interval '2 days'")
-    report = reviews.perf_report(statements_server)
-    slow = report["slow_queries"]
+    slow = reviews.perf_report(demo_db)["slow_queries"]
     assert slow["enabled"] is True and slow["message"] is None
-    assert slow["rows"] and all("devdiag" in row["query"] for row in slow["rows"])
-    assert {"query", "calls", "total_exec_time", "mean_exec_time", "max_exec_time"} <= set(slow["rows"][0])
-    people = invoke(reviews.perf, env={"DEVDIAG_PG_DSN": statements_server.conninfo()})
-    assert people.exit_code == 0 and "mean_exec_time" in people.output
+    rows = slow["rows"]
+    assert 0 < len(rows) <= 10 and all("devdiag" in row["query"] for row in rows)
+    assert [r["mean_exec_time"] for r in rows] == sorted((r["mean_exec_time"] for r in rows), reverse=True)
+    assert any("devdiag.diag_run where ts >" in r["query"] and r["calls"] >= 3 for r in rows) or len(rows) == 10
+    assert {"query", "calls", "total_exec_time", "mean_exec_time", "max_exec_time"} <= set(rows[0])
+    people = invoke(reviews.perf)
+    assert people.exit_code == 0, people.output
+    assert "Table sizes" in people.output and "Index usage" in people.output
+    assert "Slow queries (pg_stat_statements" in people.output and "mean_exec_time" in people.output
+
+
+def test_perf_says_plainly_when_pg_stat_statements_is_not_created(empty_db):
+    """A database that `devdiag setup` never ran in: the library is loaded, the extension is not there."""
+    result = invoke(reviews.perf, env={"DEVDIAG_PG_DSN": empty_db.conninfo()})
+    assert result.exit_code == 0, result.output
+    assert "pg_stat_statements is not enabled: it is loaded: run `devdiag setup`" in result.output
+    with psycopg.connect(empty_db.conninfo(), autocommit=True) as conn:
+        slow = reviews.slow_queries(conn)
+        assert slow["enabled"] is False and slow["rows"] == []
+        conn.execute("create extension pg_stat_statements")
+        conn.execute("select 1 as devdiag_probe")
+        assert reviews.slow_queries(conn)["enabled"] is True
+
+
+def test_role_passwords_never_reach_pg_stat_statements(pg):
+    """Setup and a tenant's read role send SCRAM verifiers in `alter role ... password`: kept out of
+    the statement texts even where the server tracks utility statements (the embedded one does not)."""
+    from orchestrator.provision import grafana_tenant, setup
+
+    with own_database(pg, "devdiag_pss_secrets", setup=False) as db:
+        with psycopg.connect(pg.conninfo(dbname="postgres"), autocommit=True) as admin:
+            admin.execute("alter database devdiag_pss_secrets set pg_stat_statements.track_utility = on")
+        setup(db)
+        grafana_tenant(db, "acme")
+        with psycopg.connect(db.conninfo(), autocommit=True) as conn:
+            conn.execute("create table public.pss_probe (x int)")  # a utility statement: tracked here
+            texts = [
+                row[0]
+                for row in conn.execute(
+                    "select query from pg_stat_statements where dbid = "
+                    "(select oid from pg_database where datname = current_database())"
+                )
+            ]
+    assert any("pss_probe" in text for text in texts), "utility statements are not tracked: the test proves nothing"
+    assert not [text for text in texts if "SCRAM-SHA-256$" in text or "password" in text.lower()]
+
+
+def test_setup_creates_pg_stat_statements_and_pg_trgm_in_public(pg):
+    from orchestrator.cli import main
+
+    with own_database(pg, "devdiag_extensions", setup=False) as db:
+        result = invoke(main, "setup", env={"DEVDIAG_PG_DSN": db.conninfo()})
+        assert result.exit_code == 0, result.output
+        assert "extensions: pg_stat_statements, pg_trgm" in result.output
+        with psycopg.connect(db.conninfo()) as conn:
+            where = dict(conn.execute("select extname, extnamespace::regnamespace::text from pg_extension"))
+            assert where == {"plpgsql": "pg_catalog", "pg_stat_statements": "public", "pg_trgm": "public"}
+            similar = "select similarity('ModuleNotFoundError: x', 'ModuleNotFoundError: y')"
+            assert conn.execute(similar).fetchone()[0] > 0.5
+            assert conn.execute("select count(*) from pg_stat_statements").fetchone()[0] > 0
+        again = invoke(main, "setup", env={"DEVDIAG_PG_DSN": db.conninfo()})  # idempotent
+        assert again.exit_code == 0 and "extensions: pg_stat_statements, pg_trgm" in again.output

@@ -22,6 +22,7 @@ from mcp_devdiag.catalog import load_catalog
 from mcp_devdiag.server import build_server
 from mcp_devdiag.service import DevDiag
 from mcp_devdiag.settings import DatabaseTarget, ServerSettings
+from orchestrator import dbt
 
 ENV = "linux/python-3.12/node-20"
 PORT_ERROR = "Error: listen EADDRINUSE: address already in use :::3000\n    at Server.setupListenHandle [as _listen2]"
@@ -276,7 +277,7 @@ def test_record_outcome_refuses_what_it_cannot_record(make, pg, args, needle):
 # --- suggestions ----------------------------------------------------------------------------------
 
 
-def test_suggestions_learn_from_outcomes_and_fall_back(make):
+def test_suggestions_learn_from_outcomes_and_fall_back(make, pg):
     # A problem the demo data never uses, so that all tenants' history is only this test's.
     code = "PY_EXTERNALLY_MANAGED"
     text = "error: externally-managed-environment\n× This environment is externally managed"
@@ -301,7 +302,10 @@ def test_suggestions_learn_from_outcomes_and_fall_back(make):
     confidences = [f["confidence"] for f in mine["fixes"]]
     assert confidences == sorted(confidences, reverse=True)
 
-    # Another tenant, with no history of its own, leans on all tenants' outcomes.
+    # Another tenant, with no history of its own, leans on all tenants' outcomes once a build has
+    # counted them (it cannot read another tenant's raw rows).
+    results = dbt.invoke(pg, ["run", "--select", "+v_fix_ranking"])
+    assert results and all(r.status == "success" for r in results)
     other = {f["id"]: f for f in ok(make()[0], "suggest_fixes", {"problem_code": code})["fixes"]}
     assert other[top]["source"] == "all_tenants"
     assert other[top]["confidence"] < by_prior[0].prior
