@@ -104,7 +104,8 @@ async def call(client, url: str, token: str, body: dict, tally: Tally, retry_429
     message = response.json()
     result = message.get("result") or {}
     if "error" in message or result.get("isError"):
-        tally.error("tool error")
+        text = (message.get("error") or {}).get("message") or (result.get("content") or [{}])[0].get("text", "")
+        tally.error(f"tool error: {str(text)[:100]}")
         return None
     return result.get("structuredContent") or {}
 

@@ -155,6 +155,10 @@ class _Context:
     unrecognised: bool
 
 
+class _UnknownRun(ToolError):
+    """No run of the caller's tenant has this id (in the database)."""
+
+
 class DevDiag:
     def __init__(
         self,
@@ -396,11 +400,24 @@ class DevDiag:
             if fix_id not in {f.id for p in self.catalog for f in p.fixes}:
                 raise ToolError(f"unknown fix_id {echo(fix_id, 80)}: pass a fix id from the diagnose result")
         at = datetime.now(UTC)
+        outcome = Outcome(resolution=resolution, at=at, fix_id=fix_id, tenant=tenant, **{key: str(target)})
         try:
             with self.recorder.session(tenant, self._deadline(), replay=True) as session:
                 return self._record(session.conn, tenant, key, target, resolution, fix_id, at)
+        except _UnknownRun:
+            # Another worker may be replaying the spool that holds this run right now (its rows not yet
+            # committed): queued behind it, the outcome is applied once the run is in, or rejected at
+            # replay if it never was this tenant's.
+            if not self.recorder.spool.pending():
+                raise
+            written = self.recorder.spool_outcome(outcome, "its run is still being written from the spool")
+            return OutcomeResult(
+                recorded=written.recorded,
+                resolution=resolution,  # type: ignore[arg-type]
+                updated=0,
+                notes=[f"outcome not in the database yet: {written.detail}"],
+            )
         except DatabaseUnavailable as error:
-            outcome = Outcome(resolution=resolution, at=at, fix_id=fix_id, tenant=tenant, **{key: str(target)})
             written = self.recorder.spool_outcome(outcome, str(error))
             return OutcomeResult(
                 recorded=written.recorded,
@@ -427,7 +444,7 @@ class DevDiag:
         )
         rows = conn.execute(select, (target, tenant)).fetchall()
         if not rows:
-            raise ToolError(f"unknown {key} {target}: no run has it; pass the {key} that diagnose returned")
+            raise _UnknownRun(f"unknown {key} {target}: no run has it; pass the {key} that diagnose returned")
         problems = [r for r in rows if r[1] is not None and r[1] != UNRECOGNISED]
         if not problems:
             what = "matched no known problem" if any(r[1] == UNRECOGNISED for r in rows) else "found no problem"

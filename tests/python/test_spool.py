@@ -11,6 +11,7 @@ import stat
 import threading
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 from malformed_lines import malformed_lines
 from mcp.client import Client
+from mcp.server.mcpserver.exceptions import ToolError
 
 from devdiag_db import embedded
 from devdiag_db.config import ConnectionSettings
@@ -359,3 +361,29 @@ def test_read_lines_bounds_a_line_and_keeps_the_next():
         (3, b"b\n", None),
         (4, b"last", None),
     ]
+
+
+def test_an_outcome_for_a_run_still_in_the_spool_is_queued_behind_it_not_refused(pg, tmp_path, monkeypatch):
+    """With two workers, one may be replaying the spool that holds a run (rows not yet committed) when
+    the other gets the run's outcome: that outcome is queued behind the run, not answered 'unknown'."""
+    nowhere = DatabaseTarget(ConnectionSettings({"host": "127.0.0.1", "port": "1", "dbname": "devdiag", "user": "x"}))
+    away_settings = settings(tmp_path, nowhere)
+    _, away = build_server(away_settings, rng=random.Random(5))
+    run = away.diagnose(error_text="ModuleNotFoundError: No module named 'requests'")
+    assert run.recorded == "spool"
+    away.recorder.close()
+
+    _, back = build_server(replace(away_settings, database=DatabaseTarget()), rng=random.Random(5))
+    try:
+        # The other worker holds the spool: this one's replay finds nothing to do.
+        monkeypatch.setattr(back.recorder, "replay", lambda conn: None)
+        queued = back.record_outcome("fixed", run_id=run.run_id)
+        assert queued.recorded == "spool" and queued.updated == 0
+        monkeypatch.undo()
+        with back.recorder.connection() as conn:
+            back.recorder.replay(conn)
+        assert [r[2] for r in stored(pg, [run.run_id])] == ["fixed"]
+        with pytest.raises(ToolError, match="unknown run_id"):  # an empty spool: an unknown run is refused
+            back.record_outcome("fixed", run_id=str(uuid7(datetime.now(UTC))))
+    finally:
+        back.recorder.close()
