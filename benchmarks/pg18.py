@@ -156,7 +156,7 @@ def show(columns: list[dict[str, object]]) -> None:
             value = c.get(key)
             cells.append("-" if value is None else f"{value:,}" + (f" {unit}" if unit else ""))
         print(f"{label:34}" + "".join(f"{cell:>18}" for cell in cells))
-    print(f"{'slowest query':34}" + "".join(f"{str(c.get('query_p95_max', '-')):>18}" for c in columns))
+    print(f"{'slowest query':34}" + "".join(f"{c.get('query_p95_max', '-')!s:>18}" for c in columns))
     print(
         f"(at {columns[-1]['runs']:,} runs for the load, builds and panels; {os.cpu_count()} CPUs, load average "
         f"{os.getloadavg()[0]:.1f} at the end: indicative figures)"
