@@ -20,11 +20,11 @@ not perturb each other):
 - Sightings: while an incident is open, each of its tenant's runs sees it with a probability
   set by its severity; a run sees at most two. Runs that see nothing are clean rows.
 - Attempts: a sighting with no fix in flight is an attempt: the team picks a fix by Thompson
-  sampling (Beta(successes+1, failures+1) per fix, from the outcomes recorded so far for that
-  tenant × problem) among the fixes whose catalog conditions hold for the incident's error text
-  (``applicable_fixes``: no force-push for a rejected push to main, no ``pip install`` for the
-  project's own module), as the server would suggest them. The outcome, drawn from the fix's
-  hidden true success rate, is recorded hours to days later (``resolved_at``); sightings
+  sampling (Beta(successes+1, failures+1) per fix, from the outcomes every tenant has recorded so
+  far for the problem: the shared memory DevDiag is) among the fixes whose catalog conditions
+  hold for the incident's error text (``applicable_fixes``: no force-push for a rejected push to
+  main, no ``pip install`` for the project's own module), as the server would suggest them. The
+  outcome, drawn from the fix's hidden true success rate, is recorded hours to days later (``resolved_at``); sightings
   meanwhile carry the same suggestion. ``fixed`` or ``manual`` ends the incident; ``failed``
   lets the next sighting try again. Outcomes due after ``now`` stay pending (NULL).
 - Confidence: each suggestion stores what ``devdiag.fix_confidence`` gave at that moment, from
@@ -36,7 +36,7 @@ not perturb each other):
   problems are current ones: the runbook's "review recent occurrences" step has rows to show.
 
 Resulting shape (checked by tests/python/test_demo_data.py from 2,000 runs up): 45-55% clean
-runs, median time to resolution ~0.3 days, 30-day average confidence of suggestions 0.74-0.88
+runs, median time to resolution ~0.3 days, 30-day average confidence of suggestions 0.71-0.83
 (higher with more history). 1M runs: ~7-15 s to simulate (3 or 50 tenants alike), ~15-25 s to load;
 ~250-350 MB for the simulation; 10M runs at 50 tenants and 60 codes: ~3 GB.
 """
@@ -898,13 +898,13 @@ class _Simulation:
         return row
 
     def _choose_fix(self, tenant: int, problem: DemoProblem, applicable: Sequence[int]) -> int:
-        """Thompson sampling on this tenant's recorded outcomes for the problem's fixes that apply
+        """Thompson sampling on all tenants' recorded outcomes for the problem's fixes that apply
         (as the server does: a fix whose condition fails is never suggested, so never credited)."""
         rng = self.rng_outcomes
         best, best_draw = applicable[0], -1.0
         for i in applicable:
             fix_id = problem.fixes[i]
-            s, n = self.by_tenant.get((tenant, problem.code, fix_id), (0, 0))
+            s, n = self.by_fix.get((problem.code, fix_id), (0, 0))
             draw = rng.betavariate(s + 1, n - s + 1)
             if draw > best_draw:
                 best, best_draw = i, draw

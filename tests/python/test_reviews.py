@@ -241,16 +241,24 @@ def test_role_passwords_never_reach_pg_stat_statements(pg):
         with psycopg.connect(pg.conninfo(dbname="postgres"), autocommit=True) as admin:
             admin.execute("alter database devdiag_pss_secrets set pg_stat_statements.track_utility = on")
         setup(db)
-        grafana_tenant(db, "acme")
-        with psycopg.connect(db.conninfo(), autocommit=True) as conn:
-            conn.execute("create table public.pss_probe (x int)")  # a utility statement: tracked here
-            texts = [
-                row[0]
-                for row in conn.execute(
-                    "select query from pg_stat_statements where dbid = "
-                    "(select oid from pg_database where datname = current_database())"
-                )
-            ]
+        # roles are cluster-wide: a tenant no other test uses, and its role dropped again, so that a
+        # later test's `grafana_tenant(..., "acme")` does not meet a role its database never registered
+        reader = grafana_tenant(db, "pss-secrets")
+        try:
+            with psycopg.connect(db.conninfo(), autocommit=True) as conn:
+                conn.execute("create table public.pss_probe (x int)")  # a utility statement: tracked here
+                texts = [
+                    row[0]
+                    for row in conn.execute(
+                        "select query from pg_stat_statements where dbid = "
+                        "(select oid from pg_database where datname = current_database())"
+                    )
+                ]
+        finally:
+            with psycopg.connect(db.conninfo(), autocommit=True) as conn:
+                conn.execute(sql.SQL("drop schema {} cascade").format(sql.Identifier(reader.schema)))
+                conn.execute(sql.SQL("drop owned by {}").format(sql.Identifier(reader.role)))
+                conn.execute(sql.SQL("drop role {}").format(sql.Identifier(reader.role)))
     assert any("pss_probe" in text for text in texts), "utility statements are not tracked: the test proves nothing"
     assert not [text for text in texts if "SCRAM-SHA-256$" in text or "password" in text.lower()]
 
