@@ -6,7 +6,8 @@ with resolved_episodes as (
         problem_code,
         tenant_id,
         first_seen_day,
-        ttr_days
+        ttr_days,
+        episode_number
     from {{ ref('int_problem_episodes') }}
     where resolved_at is not null
 

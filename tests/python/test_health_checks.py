@@ -152,8 +152,8 @@ def test_all_checks_pass_on_a_healthy_history(health_db: ConnectionSettings) -> 
 def test_severities_agree_between_report_model_and_tests(conn: psycopg.Connection) -> None:
     model = dict(conn.execute("select check_name, severity from devdiag.health_checks").fetchall())
     assert model == {name: severity for name, _, severity in CHECKS}
-    marts = yaml.safe_load((Path(project_dir()) / "models" / "marts" / "_marts.yml").read_text())
-    (health_model,) = [m for m in marts["models"] if m["name"] == "health_checks"]
+    monitoring = yaml.safe_load((Path(project_dir()) / "models" / "monitoring" / "_monitoring.yml").read_text())
+    (health_model,) = [m for m in monitoring["models"] if m["name"] == "health_checks"]
     tests = {t["health_check_passes"]["name"]: t["health_check_passes"] for t in health_model["data_tests"]}
     for name, test_name, severity in CHECKS:
         if test_name is None:

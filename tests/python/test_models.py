@@ -37,6 +37,7 @@ PUBLIC_VIEWS: dict[str, list[tuple[str, str]]] = {
         ("tenant_id", "text"),
         ("first_seen_day", "date"),
         ("ttr_days", "interval"),
+        ("episode_number", "bigint"),  # not the runbook's: completes the key
     ],
     "v_env_diversity": [
         ("problem_code", "text"),
