@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Iterator
 
 import psycopg
+from psycopg import sql
 
 from devdiag_db.config import ConnectionSettings
 
@@ -60,16 +61,16 @@ def tenant_transaction(
 ) -> Iterator[psycopg.Connection]:
     """A transaction (a savepoint inside one) in which row-level security sees ``tenant`` only.
 
-    The setting is transaction-local (``set_config(..., true)``), so it never outlives the
-    transaction on a pooled connection; None or "" is no tenant: the server's role then sees and
-    writes nothing. A ``statement_timeout_ms`` bounds each statement of the transaction.
+    The setting is transaction-local (``set local``), so it never outlives the transaction on a
+    pooled connection; None or "" is no tenant: the server's role then sees and writes nothing. A
+    ``statement_timeout_ms`` bounds each statement of the transaction. ``set local`` rather than
+    ``set_config()``: on Citus the policies run on the workers, and only ``set local`` reaches them
+    (``citus.propagate_set_commands = local``, set by `devdiag setup`).
     """
+    settings = sql.SQL("set local {} = {}").format(sql.Identifier(*TENANT_SETTING.split(".")), tenant or "")
+    if statement_timeout_ms is not None:
+        timeout = sql.SQL("; set local statement_timeout = {}").format(max(int(statement_timeout_ms), 1))
+        settings = sql.Composed([settings, timeout])
     with conn.transaction():
-        if statement_timeout_ms is None:
-            conn.execute("select set_config(%s, %s, true)", (TENANT_SETTING, tenant or ""))
-        else:
-            conn.execute(
-                "select set_config(%s, %s, true), set_config('statement_timeout', %s, true)",
-                (TENANT_SETTING, tenant or "", str(max(statement_timeout_ms, 1))),
-            )
+        conn.execute(settings)
         yield conn

@@ -26,10 +26,28 @@
     incremental one, those of the periods holding a row changed since the last build. Each changed
     period is read by its own range scan of the ts index: a lateral subquery that `offset 0` keeps
     from being flattened, since a plain join lets the planner scan the whole raw table instead.
+    On Citus, which cannot push such a lateral subquery down to the shards, the changed periods are
+    one intermediate result and each shard reads the rows from the earliest of them on, keeping
+    those of a changed period.
 -#}
 {% macro rows_of_changed_periods(period, where, columns) %}
 {%- set length = {'day': "interval '24 hours'", 'hour': "interval '1 hour'"}[period] -%}
-{%- if is_incremental() %}
+{%- if is_incremental() and is_citus() %}
+    with changed_periods as materialized (
+        select distinct date_trunc('{{ period }}', ts, 'utc') as period_start
+        from {{ ref('stg_devdiag__diag_run') }}
+        where
+            {{ where }}
+            and {{ changed_since_last_build() }}
+    )
+
+    select {{ columns | join(', ') }}
+    from {{ ref('stg_devdiag__diag_run') }}
+    where
+        ts >= (select min(changed_periods.period_start) from changed_periods)
+        and date_trunc('{{ period }}', ts, 'utc') in (select changed_periods.period_start from changed_periods)
+        and {{ where }}
+{%- elif is_incremental() %}
     select
 {%- for column in columns %}
         period_rows.{{ column }}{{ "," if not loop.last }}
@@ -55,4 +73,14 @@
     from {{ ref('stg_devdiag__diag_run') }}
     where {{ where }}
 {%- endif %}
+{% endmacro %}
+
+
+{#- True on a Citus coordinator (the citus extension exists in this database); false while parsing. -#}
+{% macro is_citus() %}
+{%- if not execute -%}
+{{ return(false) }}
+{%- endif -%}
+{%- set found = run_query("select exists (select from pg_extension where extname = 'citus')") -%}
+{{ return(found.columns[0].values()[0]) }}
 {% endmacro %}

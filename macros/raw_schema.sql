@@ -69,9 +69,20 @@
         return new;
     end
     $touch$;
-    create or replace trigger diag_run_changed_at
-        before update on {{ schema }}.diag_run
-        for each row execute function {{ schema }}.touch_changed_at();
+    -- created once, not replaced: on Citus a trigger statement on the distributed table is sent to
+    -- the workers as it was written, and a multi-statement string (this one's) is refused there
+    do $trigger$
+    begin
+        if not exists (
+            select from pg_trigger
+            where tgrelid = '{{ schema }}.diag_run'::regclass and tgname = 'diag_run_changed_at'
+        ) then
+            create trigger diag_run_changed_at
+                before update on {{ schema }}.diag_run
+                for each row execute function {{ schema }}.touch_changed_at();
+        end if;
+    end
+    $trigger$;
 
     {% for name, spec in raw_index_definitions().items() %}
     create index if not exists {{ name }} on {{ schema }}.diag_run {{ spec[0] }};
@@ -93,6 +104,7 @@
     {{ fix_confidence_function(schema) }}
     {{ create_roles(schema) }}
     {{ create_tenancy(schema) }}
+    {{ citus_layout(schema) }}
 {% endmacro %}
 
 

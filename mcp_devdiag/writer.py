@@ -12,7 +12,9 @@ Write path per batch (one transaction each):
   conflict: ``COPY`` straight into ``diag_run``. If another writer slipped in a clashing id, the
   unique violation rolls the batch back and the safe path below runs instead;
 - safe path: ``COPY`` into a temporary staging table, then
-  ``insert ... select ... on conflict (id) do nothing``: a replayed or reloaded row adds nothing.
+  ``insert ... select ... on conflict do nothing``: a replayed or reloaded row adds nothing. No
+  conflict target: the key is (id) on one node and (id, tenant_id) on Citus (distributed tables'
+  keys hold the distribution column), and diag_run has no other unique constraint.
 
 Both paths return the number of rows actually inserted, so loading the same rows twice adds 0.
 On a connection that is already inside a transaction, batches become savepoints of it.
@@ -63,7 +65,7 @@ _PG_TYPES = ("uuid", "uuid", "timestamptz", "text", "text", "text", "text", "flo
 _INSERT_SMALL = (
     f"insert into {TABLE} ({', '.join(COLUMNS)}) select * from unnest("
     + ", ".join(f"%s::{t}[]" for t in _PG_TYPES)
-    + ") on conflict (id) do nothing"
+    + ") on conflict do nothing"
 )
 _CODE_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _TEXT_LIMIT = 200  # tenant, environment, fix id: labels, not prose
@@ -260,7 +262,7 @@ def _write_batch(conn: psycopg.Connection, batch: list[RunRow]) -> int:
         _copy(conn, STAGE, batch)
         cur = conn.execute(
             f"insert into {TABLE} ({', '.join(COLUMNS)}) select {', '.join(COLUMNS)} from {STAGE} "
-            "on conflict (id) do nothing"
+            "on conflict do nothing"
         )
         return cur.rowcount
 

@@ -201,14 +201,22 @@ def db_psql(psql_args: tuple[str, ...]) -> None:
 
 
 @main.command()
+@click.option(
+    "--citus",
+    is_flag=True,
+    help="Create the citus extension first (a Citus coordinator is detected without it): diag_run is "
+    "distributed by tenant_id, the catalog becomes a reference table.",
+)
 @database_errors
-def setup() -> None:
-    """Create or update the schema, raw table, indexes, roles and fix catalog. Safe to run again."""
+def setup(citus: bool) -> None:
+    """Create or update the schema, raw table, indexes, roles and fix catalog. Safe to run again.
+
+    On a Citus coordinator also the distributed layout (docs/scaling.md)."""
     from orchestrator.provision import setup as run_setup
     from orchestrator.secrets import secrets_file
 
     where = config.settings()
-    report = run_setup(where)
+    report = run_setup(where, citus=citus)
     click.echo(f"schema devdiag ready on {where.describe()}")
     click.echo(f"roles {', '.join(report.roles)}: passwords set (kept in {secrets_file()}, mode 0600)")
     click.echo(f"fix catalog: {report.catalog_fixes} fixes")
@@ -216,6 +224,8 @@ def setup() -> None:
         click.echo(f"extensions: {', '.join(report.extensions)}")
     for line in report.missing:
         click.echo(f"extension not created, {line}", err=True)
+    if report.citus:
+        click.echo(report.citus.describe())
 
 
 @main.command()

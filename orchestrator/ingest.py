@@ -29,7 +29,7 @@ Per batch (one transaction each; with --strict, savepoints of one transaction fo
 on one connection), rows in id order (two writers then cannot deadlock): when the batch's ids
 all sort after the table's largest id (UUIDv7 in time order: a fresh export or
 spool), ``COPY`` goes straight into ``diag_run``; otherwise through a staging table and
-``insert ... on conflict (id) do nothing``. If the database refuses a batch (a value only it
+``insert ... on conflict do nothing``. If the database refuses a batch (a value only it
 judges, such as a NUL character), the batch is split in halves and each half written again,
 down to the single refused line, which is reported; every other line still loads.
 """
@@ -481,9 +481,7 @@ def _write_rows(conn: psycopg.Connection, ids: list[bytes], rows: list[bytes]) -
     conn.execute(f"truncate {STAGE}")
     _copy(conn, sql.Identifier(STAGE), rows)
     columns = ", ".join(COLUMNS)
-    cur = conn.execute(
-        f"insert into devdiag.diag_run ({columns}) select {columns} from {STAGE} on conflict (id) do nothing"
-    )
+    cur = conn.execute(f"insert into devdiag.diag_run ({columns}) select {columns} from {STAGE} on conflict do nothing")
     return cur.rowcount
 
 

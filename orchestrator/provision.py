@@ -26,9 +26,28 @@ class SetupReport:
     catalog_fixes: int
     extensions: tuple[str, ...] = ()  # created or already there
     missing: tuple[str, ...] = ()  # one line each: which extension and what to do
+    citus: CitusLayout | None = None  # on a Citus coordinator: how the raw table is spread
 
 
-def setup(conn_settings: ConnectionSettings) -> SetupReport:
+@dataclass(frozen=True)
+class CitusLayout:
+    workers: int
+    shards: int  # of diag_run
+    distributed: tuple[str, ...]  # tables distributed by tenant_id (diag_run and co-located dbt tables)
+    reference: tuple[str, ...]  # tables copied to every node
+
+    def describe(self) -> str:
+        return (
+            f"citus: diag_run distributed by tenant_id ({self.shards} shards on {self.workers} workers); "
+            f"reference tables: {', '.join(self.reference) or 'none'}"
+        )
+
+
+def setup(conn_settings: ConnectionSettings, *, citus: bool = False) -> SetupReport:
+    """The raw schema, roles, catalog and extensions; on a Citus coordinator (the extension is in
+    the database, or ``citus`` asks for it) the distributed layout too (macros/citus.sql)."""
+    if citus:
+        require_citus(conn_settings)
     dbt.run_operation(conn_settings, "devdiag_setup")
     with connect(conn_settings) as conn:
         _utc_days(conn, conn_settings.dbname)
@@ -38,7 +57,51 @@ def setup(conn_settings: ConnectionSettings) -> SetupReport:
             verifier = scram_verifier(role_password(role))
             conn.execute(sql.SQL("alter role {} with login password {}").format(sql.Identifier(role), verifier))
         fixes = sync_catalog(conn)
-    return SetupReport(tuple(ROLE_ENV), fixes, extensions, missing)
+        layout = citus_layout(conn)
+    return SetupReport(tuple(ROLE_ENV), fixes, extensions, missing, layout)
+
+
+def require_citus(conn_settings: ConnectionSettings) -> None:
+    """Create the citus extension in the database, or say in one line why it cannot be."""
+    with connect(conn_settings) as conn:
+        row = conn.execute(
+            "select exists (select from pg_available_extensions where name = 'citus'), "
+            "'citus' = any(string_to_array(replace(current_setting('shared_preload_libraries'), ' ', ''), ','))"
+        ).fetchone()
+        if row is None or not all(row):
+            raise click.ClickException(
+                f"{conn_settings.describe()} is not a Citus coordinator (citus is not installed or not in "
+                "shared_preload_libraries): point DEVDIAG_PG_DSN at one (`devdiag cluster up` starts one here), "
+                "or run setup without --citus"
+            )
+        try:
+            conn.execute("create extension if not exists citus")
+        except psycopg.errors.InsufficientPrivilege:
+            raise click.ClickException(
+                f"{conn_settings.describe()}: this login may not create extension citus; a superuser can, "
+                "then run setup again"
+            ) from None
+
+
+def citus_layout(conn: psycopg.Connection) -> CitusLayout | None:
+    """The distributed layout of schema devdiag, None where Citus is not installed in the database."""
+    if conn.execute("select from pg_extension where extname = 'citus'").fetchone() is None:
+        return None
+    tables = conn.execute(
+        "select logicalrelid::regclass::text, partmethod from pg_dist_partition "
+        "where logicalrelid::regclass::text like 'devdiag.%' order by 1"
+    ).fetchall()
+    row = conn.execute(
+        "select (select count(*) from pg_dist_node where noderole = 'primary' and groupid <> 0), "
+        "(select count(*) from pg_dist_shard where logicalrelid = 'devdiag.diag_run'::regclass)"
+    ).fetchone()
+    assert row is not None
+    return CitusLayout(
+        workers=int(row[0]),
+        shards=int(row[1]),
+        distributed=tuple(name.removeprefix("devdiag.") for name, method in tables if method == "h"),
+        reference=tuple(name.removeprefix("devdiag.") for name, method in tables if method == "n"),
+    )
 
 
 def untracked(conn: psycopg.Connection) -> None:
@@ -88,23 +151,22 @@ def sync_catalog(conn: psycopg.Connection) -> int:
         for problem in load_catalog()
         for rank, fix in enumerate(problem.fixes, start=1)
     ]
+    # arrays, not a temporary table: on Citus fix_catalog is a reference table, and a statement may
+    # not join it with a table the cluster does not know
+    columns = [list(column) for column in zip(*rows, strict=True)]
     with conn.transaction():
-        conn.execute("create temporary table catalog_in (like devdiag.fix_catalog) on commit drop")
-        with conn.cursor().copy(
-            "copy catalog_in (problem_code, fix_id, fix_title, prior, catalog_rank) from stdin"
-        ) as copy:
-            for row in rows:
-                copy.write_row(row)
         conn.execute(
             """
-            insert into devdiag.fix_catalog as c select * from catalog_in
+            insert into devdiag.fix_catalog as c (problem_code, fix_id, fix_title, prior, catalog_rank)
+            select * from unnest(%s::text[], %s::text[], %s::text[], %s::float8[], %s::int[])
             on conflict (problem_code, fix_id) do update
                 set fix_title = excluded.fix_title, prior = excluded.prior, catalog_rank = excluded.catalog_rank
-            """
+            """,
+            columns,
         )
         conn.execute(
-            "delete from devdiag.fix_catalog c where not exists "
-            "(select from catalog_in i where i.problem_code = c.problem_code and i.fix_id = c.fix_id)"
+            "delete from devdiag.fix_catalog where problem_code || ' ' || fix_id <> all(%s::text[])",
+            ([f"{code} {fix_id}" for code, fix_id, *_ in rows],),
         )
     return len(rows)
 

@@ -69,9 +69,12 @@ _RESTRICT_RE = re.compile(rb"^\\(un)?restrict [A-Za-z0-9]+$")
 # DevDiag's own extensions: the admin creates them where the server has them (the restricted role may
 # not: pg_stat_statements is untrusted, and only an extension's owner may comment on it), so the
 # dump's one-line statements about them are not fed.
+# Nor citus, in a backup of a Citus coordinator: a database made for the restore (the drill's) gets
+# the rows as tables of its own, and a cluster's database already has the extension, where setup's
+# DDL after the restore distributes diag_run again (macros/citus.sql).
 _OWN_EXTENSION_RE = re.compile(
     rb"^(?:CREATE EXTENSION IF NOT EXISTS|COMMENT ON EXTENSION) (?:"
-    + b"|".join(re.escape(name.encode()) for name in EXTENSIONS)
+    + b"|".join(re.escape(name.encode()) for name in (*EXTENSIONS, "citus"))
     + rb") .*;$"
 )
 
@@ -309,6 +312,20 @@ def _restore_restricted(
     return [*warnings, *(f"extension not created, {line}" for line in handover.missing_extensions)]
 
 
+def _roles_on_citus_workers(admin: psycopg.Connection, roles: list[str]) -> None:
+    """On a Citus coordinator, a role made while connected to a database without citus (the drill's
+    scratch one) exists on the coordinator only, and the next `alter role` here, which Citus sends to
+    every worker, would fail there: create the missing ones (NOLOGIN; the alter sets the rest)."""
+    if admin.execute("select from pg_extension where extname = 'citus'").fetchone() is None:
+        return
+    for name in roles:
+        command = sql.SQL(
+            "do $roles$ begin if not exists (select from pg_roles where rolname = {}) then "
+            "create role {} nologin; end if; end $roles$"
+        ).format(sql.Literal(name), sql.Identifier(name))
+        admin.execute("select run_command_on_workers(%s)", (command.as_string(admin),))
+
+
 def _prepare(admin: psycopg.Connection, target: ConnectionSettings, replaced: list[str], manifest: dict) -> _Handover:
     """Create or reset ``devdiag_restore`` (LOGIN, nothing else), let it create in the target database,
     give it the schemas it replaces; create the roles the signed manifest names, apply its settings."""
@@ -323,6 +340,7 @@ def _prepare(admin: psycopg.Connection, target: ConnectionSettings, replaced: li
     untracked(admin)  # the role's SCRAM verifier stays out of pg_stat_statements
     try:
         with admin.transaction():
+            _roles_on_citus_workers(admin, [RESTORE_ROLE, *manifest.get("roles", [])])
             exists = admin.execute("select 1 from pg_roles where rolname = %s", (RESTORE_ROLE,)).fetchone()
             verb = "alter" if exists else "create"
             admin.execute(
@@ -525,6 +543,11 @@ def _stream(
     conn.add_notice_handler(
         lambda d: warnings.append(d.message_primary or "") if d.severity_nonlocalized == "WARNING" else None
     )
+    if conn.execute("select from pg_extension where extname = 'citus'").fetchone() is not None:
+        # Citus would send the backup's DDL to the workers, first making sure of its owner role there,
+        # which this role may not: the tables are the coordinator's until setup distributes diag_run
+        conn.execute("set citus.enable_ddl_propagation = off")
+        conn.commit()
     loader = _Loader(conn)
     where = f"{restricted.describe()}"
     try:

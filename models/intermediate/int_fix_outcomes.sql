@@ -7,6 +7,7 @@
 {{
     config(
         materialized='table',
+        post_hook=["{{ distribute_by_tenant() }}"],
         indexes=[
             {'columns': ['tenant_id', 'problem_code', 'fix_suggestion'], 'unique': true},
         ],

@@ -7,6 +7,7 @@
 {{
     config(
         materialized='incremental',
+        post_hook=["{{ distribute_by_tenant() }}"],
         incremental_strategy='delete+insert',
         unique_key='day',
         indexes=[{'columns': ['day']}],

@@ -12,6 +12,7 @@
 {{
     config(
         materialized='table',
+        post_hook=["{{ distribute_by_tenant(['grafana', 'devdiag_writer']) }}"],
         indexes=[
             {'columns': ['tenant_id', 'problem_code', 'rank'], 'unique': true},
         ],

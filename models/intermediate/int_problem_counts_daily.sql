@@ -5,6 +5,7 @@
 {{
     config(
         materialized='incremental',
+        post_hook=["{{ distribute_by_tenant(['grafana', 'devdiag_writer']) }}"],
         incremental_strategy='delete+insert',
         unique_key='day',
         indexes=[{'columns': ['day']}],

@@ -27,6 +27,7 @@
 {{
     config(
         materialized='incremental',
+        post_hook=["{{ distribute_by_tenant() }}"],
         incremental_strategy='delete+insert',
         unique_key=['tenant_id', 'problem_code'],
         pre_hook=[
