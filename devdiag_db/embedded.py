@@ -83,7 +83,12 @@ class Status:
 
 
 def status() -> Status:
-    pidfile = data_dir() / "postmaster.pid"
+    return postmaster_status(data_dir())
+
+
+def postmaster_status(pgdata: Path) -> Status:
+    """Whether the server of ``pgdata`` runs, from its postmaster.pid (pid, port, socket directory)."""
+    pidfile = pgdata / "postmaster.pid"
     try:
         lines = pidfile.read_text().splitlines()
         pid, port, sock = int(lines[0]), int(lines[3]), Path(lines[4])

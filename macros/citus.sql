@@ -38,8 +38,14 @@
             perform truncate_local_data_after_distributing_table('{{ schema }}.diag_run');
         end if;
         -- v_recent_activity and the live hour of v_activity_hourly read diag_run: on Citus their
-        -- reader reads its shards itself (see distribute_by_tenant)
+        -- reader reads its shards itself (see distribute_by_tenant), where row-level security is on
         grant select on {{ schema }}.diag_run to grafana;
+        if not exists (
+            select from pg_policy
+            where polrelid = '{{ schema }}.diag_run'::regclass and polname = 'grafana_reads_all'
+        ) then
+            create policy grafana_reads_all on {{ schema }}.diag_run for select to grafana using (true);
+        end if;
     end
     $citus$;
 {% endmacro %}

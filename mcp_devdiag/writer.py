@@ -65,7 +65,7 @@ _PG_TYPES = ("uuid", "uuid", "timestamptz", "text", "text", "text", "text", "flo
 _INSERT_SMALL = (
     f"insert into {TABLE} ({', '.join(COLUMNS)}) select * from unnest("
     + ", ".join(f"%s::{t}[]" for t in _PG_TYPES)
-    + ") on conflict do nothing"
+    + ") on conflict do nothing returning 1"  # returning: Citus counts the rows it was sent, not those inserted
 )
 _CODE_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _TEXT_LIMIT = 200  # tenant, environment, fix id: labels, not prose
@@ -262,7 +262,7 @@ def _write_batch(conn: psycopg.Connection, batch: list[RunRow]) -> int:
         _copy(conn, STAGE, batch)
         cur = conn.execute(
             f"insert into {TABLE} ({', '.join(COLUMNS)}) select {', '.join(COLUMNS)} from {STAGE} "
-            "on conflict do nothing"
+            "on conflict do nothing returning 1"  # the rows inserted, on Citus too (see _INSERT_SMALL)
         )
         return cur.rowcount
 

@@ -481,7 +481,10 @@ def _write_rows(conn: psycopg.Connection, ids: list[bytes], rows: list[bytes]) -
     conn.execute(f"truncate {STAGE}")
     _copy(conn, sql.Identifier(STAGE), rows)
     columns = ", ".join(COLUMNS)
-    cur = conn.execute(f"insert into devdiag.diag_run ({columns}) select {columns} from {STAGE} on conflict do nothing")
+    # returning: on Citus the row count of an insert ... select is the rows sent, not those inserted
+    cur = conn.execute(
+        f"insert into devdiag.diag_run ({columns}) select {columns} from {STAGE} on conflict do nothing returning 1"
+    )
     return cur.rowcount
 
 

@@ -216,6 +216,14 @@ def grafana_tenant(conn_settings: ConnectionSettings, tenant: str) -> TenantRead
     verifier = scram_verifier(role_password(role))
     ident = sql.Identifier(role)
     with connect(conn_settings) as conn, conn.transaction():
+        if citus_layout(conn) is not None:
+            # Citus reads a view's shards with the querying role's rights, so the role would need the
+            # distributed tables themselves, every tenant's rows in them
+            raise click.ClickException(
+                "a tenant's own Grafana role is not available on Citus: the workers check the reader's rights "
+                "on the tables under the views, which hold every tenant's rows; give that team's Grafana the "
+                "grafana role with the dashboard's tenant variable, or run it a DevDiag of its own"
+            )
         untracked(conn)
         registered = conn.execute(
             "select role_name from devdiag.tenant_reader where tenant_id = %s", (tenant,)

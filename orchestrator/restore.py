@@ -258,7 +258,24 @@ def _schemas_to_replace(target: ConnectionSettings, contents: DumpContents, forc
         existing = {
             r[0] for r in conn.execute("select quote_ident(nspname) from pg_namespace where nspname <> 'public'")
         }
-    return [s for s in contents.objects["schemas"] if s in existing]
+        replaced = [s for s in contents.objects["schemas"] if s in existing]
+        if replaced and conn.execute("select from pg_extension where extname = 'citus'").fetchone() is not None:
+            distributed = [
+                r[0]
+                for r in conn.execute(
+                    "select distinct c.relnamespace::regnamespace::text from pg_dist_partition p "
+                    "join pg_class c on c.oid = p.logicalrelid "
+                    "where c.relnamespace::regnamespace::text = any(%s) order by 1",
+                    (replaced,),
+                )
+            ]
+            if distributed:
+                raise click.ClickException(
+                    f"database {target.dbname} is a Citus database whose schema {', '.join(distributed)} holds "
+                    "distributed tables, which a restore cannot replace in one transaction: restore into a new "
+                    "cluster's database, or drop that schema there first (as its owner), then restore"
+                )
+    return replaced
 
 
 def _tables_with_rows(conn: psycopg.Connection) -> list[str]:
@@ -271,7 +288,8 @@ def _tables_with_rows(conn: psycopg.Connection) -> list[str]:
     for schema, table in tables:
         if schema == SCHEMA and table != "diag_run":
             continue  # the fix catalog and dbt's tables: `devdiag setup` and `devdiag build` remake them
-        query = sql.SQL("select exists (select from {})").format(sql.Identifier(schema, table))
+        # `select 1`: Citus refuses an empty select list over a distributed table
+        query = sql.SQL("select exists (select 1 from {})").format(sql.Identifier(schema, table))
         if conn.execute(query).fetchone()[0]:
             filled.append(f"{schema}.{table}")
     return filled

@@ -95,6 +95,15 @@ ORDER BY month DESC LIMIT 12
 # The runbook reads pg_database_size('devdiag'); current_database() is the same unless DEVDIAG_PG_DB
 # names another database.
 DATABASE_SIZE = "select current_database() as database, pg_database_size(current_database()) as db_size_bytes"
+# Its Citus variant: the coordinator holds the distributed tables' shells only; the shards are in
+# each worker's database of the same name.
+DATABASE_SIZE_CITUS = """
+select current_database() as database,
+       pg_database_size(current_database())
+       + (select coalesce(sum(result::bigint), 0)
+          from run_command_on_workers('select pg_database_size(current_database())')
+          where success)::bigint as db_size_bytes
+"""
 
 # The runbook's retention verification, with the age in fractional days for the extrapolation.
 DATA_SPAN = """
@@ -331,7 +340,8 @@ def extrapolate_12_months(size_bytes: int, data_days: float | None) -> int | Non
 def capacity_report(settings: ConnectionSettings, thresholds: Thresholds | None = None) -> dict[str, Any]:
     thresholds = thresholds or Thresholds()
     with connect(settings) as conn:
-        size = _query(conn, DATABASE_SIZE)[0]
+        citus = conn.execute("select from pg_extension where extname = 'citus'").fetchone() is not None
+        size = _query(conn, DATABASE_SIZE_CITUS if citus else DATABASE_SIZE)[0]
         span = _query(conn, DATA_SPAN)[0]
         growth = _query(conn, MONTHLY_GROWTH)
     projected = extrapolate_12_months(size["db_size_bytes"], span["data_days"])

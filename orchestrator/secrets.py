@@ -7,9 +7,7 @@ the server, its statement log or ``pg_stat_activity``. The backup key signs (HMA
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import json
 import os
 import secrets
@@ -18,9 +16,11 @@ from pathlib import Path
 import click
 
 from devdiag_db.config import devdiag_home
+from devdiag_db.scram import SCRAM_ITERATIONS, scram_verifier
+
+__all__ = ["SCRAM_ITERATIONS", "scram_verifier"]  # re-exported: where the role passwords are
 
 ROLE_ENV = {"devdiag_writer": "DEVDIAG_WRITER_PASSWORD", "grafana": "DEVDIAG_GRAFANA_PASSWORD"}
-SCRAM_ITERATIONS = 4096
 BACKUP_KEY_ENV = "DEVDIAG_BACKUP_KEY"
 BACKUP_KEY_FILE = "backup.key"
 MIN_KEY_BYTES = 16
@@ -65,17 +65,6 @@ def role_password(role: str) -> str:
         kept[role] = secrets.token_urlsafe(24)
         _store(kept)
     return kept[role]
-
-
-def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS) -> str:
-    """The SCRAM-SHA-256 verifier PostgreSQL stores in pg_authid (RFC 5802/7677)."""
-    salt = salt or secrets.token_bytes(16)
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
-    stored_key = hashlib.sha256(client_key).digest()
-    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
-    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
-    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
 # --- the backup signing key ---------------------------------------------------------------------------
