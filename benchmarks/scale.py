@@ -112,7 +112,7 @@ def load_history(
                 held.append(row)
                 continue
             if row.resolved_at is not None and row.resolved_at >= cutoff:
-                updates.append((row.resolution, row.resolved_at, row.id))
+                updates.append((row.resolution, row.resolved_at, row.id, row.tenant_id))
                 row = replace(row, resolution=None, resolved_at=None)
             yield row
 
@@ -156,7 +156,9 @@ def append_day(settings, held: list, updates: list[tuple]) -> float:
         write_runs(conn, held)
         with conn.transaction(), conn.cursor() as cur:
             cur.executemany(
-                "update devdiag.diag_run set resolution = %s, resolved_at = %s where id = %s and resolution is null",
+                # by tenant too, as record_outcome: on Citus one shard, not all of them
+                "update devdiag.diag_run set resolution = %s, resolved_at = %s "
+                "where id = %s and tenant_id = %s and resolution is null",
                 updates,
             )
     return time.perf_counter() - started

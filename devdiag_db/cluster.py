@@ -165,11 +165,7 @@ def _state_file() -> Path:
 
 
 def _socket_dir() -> Path:
-    preferred = cluster_dir() / "run"
-    if len(str(preferred / ".s.PGSQL.65535")) < 100:
-        return preferred
-    digest = hashlib.sha256(str(cluster_dir()).encode()).hexdigest()[:12]
-    return Path("/tmp") / f"devdiag-cluster-{digest}"
+    return embedded.socket_dir_under(cluster_dir(), "devdiag-cluster")
 
 
 def nodes() -> list[Node]:
@@ -213,28 +209,7 @@ def _start(node: Node, sock: Path) -> None:
         embedded._init_cluster(pgdata)
         with open(pgdata / "postgresql.conf", "a") as conf:
             conf.write(NODE_SETTINGS)
-    log = cluster_dir() / f"{node.name}.log"
-    if os.geteuid() == 0:
-        log.touch()
-        embedded._prepare_for_root(log)
-    result = embedded._run_as_owner(
-        [
-            embedded.pg_bin("pg_ctl"),
-            "-D",
-            str(pgdata),
-            "-l",
-            str(log),
-            "-w",
-            "-t",
-            "60",
-            "-o",
-            f"-p {node.port} -k {sock} -c listen_addresses=127.0.0.1",
-            "start",
-        ]
-    )
-    if result.returncode != 0:
-        tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
-        raise click.ClickException(f"{node.name} did not start ({' '.join(tail) or result.stderr.strip()}); see {log}")
+    embedded.pg_ctl_start(pgdata, cluster_dir() / f"{node.name}.log", node.port, sock, node.name)
 
 
 def _connect(node: Node, sock: Path, dbname: str = DATABASE) -> psycopg.Connection:

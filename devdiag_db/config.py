@@ -143,18 +143,18 @@ def external_settings() -> ConnectionSettings | None:
     if not any(os.environ.get(v) for v in ENV_VARS[1:]):
         return None
     host = os.environ.get("DEVDIAG_PG_HOST", "localhost")
-    params = {"dbname": os.environ.get("DEVDIAG_PG_DB") or DATABASE}
+    fields: dict[str, str] = {"dbname": os.environ.get("DEVDIAG_PG_DB") or DATABASE}
     if host.count(":") == 1:  # host:port, or a socket directory:port as profiles.yml.example reads it
         host, port = host.split(":")
         if not port.isdigit():
             raise click.ClickException(f"DEVDIAG_PG_HOST has a bad port {port!r}: use HOST or HOST:PORT")
-        params["port"] = port
-    params["host"] = host
+        fields["port"] = port
+    fields["host"] = host
     if os.environ.get("DEVDIAG_PG_USER"):
-        params["user"] = os.environ["DEVDIAG_PG_USER"]
+        fields["user"] = os.environ["DEVDIAG_PG_USER"]
     if os.environ.get("DEVDIAG_PG_PASS"):
-        params["password"] = os.environ["DEVDIAG_PG_PASS"]
-    return ConnectionSettings(params)
+        fields["password"] = os.environ["DEVDIAG_PG_PASS"]
+    return ConnectionSettings(fields)
 
 
 def settings(*, start: bool = True) -> ConnectionSettings:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.abc import Params
 
 from devdiag_db.config import ConnectionSettings
 
 CONNECT_TIMEOUT_S = 10
+Query = str | bytes | sql.SQL | sql.Composed
 
 
 class DatabaseUnavailable(Exception):
@@ -74,3 +77,16 @@ def tenant_transaction(
     with conn.transaction():
         conn.execute(settings)
         yield conn
+
+
+def one_row(conn: psycopg.Connection, query: Query, params: Params | None = None) -> tuple[Any, ...]:
+    """The one row of a query that always returns one (an aggregate, ``show``, a function call)."""
+    row = conn.execute(query, params).fetchone()
+    if row is None:  # a bug, not an input error: such a query always answers
+        raise LookupError(f"no row from a query that always returns one: {str(query)[:80]}")
+    return row
+
+
+def scalar(conn: psycopg.Connection, query: Query, params: Params | None = None) -> Any:
+    """The first column of ``one_row``: ``count(*)``, ``exists (...)``, ``show ...``."""
+    return one_row(conn, query, params)[0]

@@ -66,12 +66,16 @@ def log_file() -> Path:
 
 
 def _socket_dir() -> Path:
-    # Unix socket paths are limited to ~107 bytes; fall back to a short, per-home path in /tmp.
-    preferred = devdiag_home() / "run"
+    return socket_dir_under(devdiag_home(), "devdiag")
+
+
+def socket_dir_under(base: Path, tag: str) -> Path:
+    """``base/run``, or a short per-``base`` path in /tmp: Unix socket paths are limited to ~107 bytes."""
+    preferred = base / "run"
     if len(str(preferred / ".s.PGSQL.65535")) < 100:
         return preferred
-    digest = hashlib.sha256(str(devdiag_home()).encode()).hexdigest()[:12]
-    return Path("/tmp") / f"devdiag-{digest}"
+    digest = hashlib.sha256(str(base).encode()).hexdigest()[:12]
+    return Path("/tmp") / f"{tag}-{digest}"
 
 
 @dataclass(frozen=True)
@@ -297,7 +301,14 @@ def start() -> Status:
     port_file = devdiag_home() / "port"
     previous = int(port_file.read_text()) if port_file.exists() else None
     port = _free_port(previous)
-    logfile = log_file()
+    pg_ctl_start(data_dir(), log_file(), port, sock, "the embedded PostgreSQL")
+    port_file.write_text(str(port))
+    _ensure_database(sock, port)
+    return status()
+
+
+def pg_ctl_start(pgdata: Path, logfile: Path, port: int, sock: Path, what: str) -> None:
+    """Start the server of ``pgdata`` on 127.0.0.1:``port`` and its socket in ``sock``; one line if it fails."""
     if os.geteuid() == 0:  # the server's user writes it (an older DevDiag's was pgserver)
         logfile.touch()
         _prepare_for_root(logfile)
@@ -305,7 +316,7 @@ def start() -> Status:
         [
             pg_bin("pg_ctl"),
             "-D",
-            str(data_dir()),
+            str(pgdata),
             "-l",
             str(logfile),
             "-w",
@@ -318,12 +329,7 @@ def start() -> Status:
     )
     if result.returncode != 0:
         tail = logfile.read_text(errors="replace").strip().splitlines()[-1:] if logfile.exists() else []
-        raise click.ClickException(
-            f"the embedded PostgreSQL did not start ({' '.join(tail) or result.stderr.strip()}); see {logfile}"
-        )
-    port_file.write_text(str(port))
-    _ensure_database(sock, port)
-    return status()
+        raise click.ClickException(f"{what} did not start ({' '.join(tail) or result.stderr.strip()}); see {logfile}")
 
 
 def stop() -> bool:

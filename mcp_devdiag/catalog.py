@@ -133,14 +133,15 @@ class Catalog:
         return len(self.problems)
 
 
-def _require(cond: bool, msg: str) -> None:
+def _require(cond: object, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
 
 
 def _str_field(entry: dict[str, Any], key: str, where: str) -> str:
     value = entry.get(key)
-    _require(isinstance(value, str) and value.strip() != "", f"{where}: missing or empty {key!r}")
+    if not isinstance(value, str) or value.strip() == "":
+        raise ValueError(f"{where}: missing or empty {key!r}")
     return value
 
 

@@ -16,6 +16,7 @@ import re
 import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from mcp_devdiag.catalog import Catalog, load_catalog
 from mcp_devdiag.redaction import redact
@@ -24,7 +25,7 @@ try:  # private sre internals: only used to derive the gates, so they stay optio
     import re._constants as _sre_c
     import re._parser as _sre_parse
 except ImportError:  # pragma: no cover
-    _sre_parse = None  # type: ignore[assignment]
+    _sre_parse = None
 
 MAX_INPUT_CHARS = 100_000
 EVIDENCE_MAX_CHARS = 200
@@ -181,19 +182,19 @@ def _requirement(items: Iterable[tuple[object, object]], left: bool = False, rig
     """Cheapest reliable gate for a parsed regex sequence: a literal run, or one literal per branch."""
     # ("lit", text) | ("alts", texts) | ("b", None) | ("op", (op, av)); "alts" comes from sre factoring
     # (500|502|503) into 50[023]: a literal followed by a small character class is expanded back.
-    parts: list[tuple[str, object]] = []
+    parts: list[tuple[str, Any]] = []  # (kind, value): the value's type follows the kind
     for op, av in items:
         kind = parts[-1][0] if parts else None
         if op is _sre_c.LITERAL:
             ch = chr(av)  # type: ignore[arg-type]
             if kind == "lit":
-                parts[-1] = ("lit", parts[-1][1] + ch)  # type: ignore[operator]
+                parts[-1] = ("lit", parts[-1][1] + ch)
             elif kind == "alts":
-                parts[-1] = ("alts", tuple(a + ch for a in parts[-1][1]))  # type: ignore[union-attr]
+                parts[-1] = ("alts", tuple(a + ch for a in parts[-1][1]))
             else:
                 parts.append(("lit", ch))
         elif op is _sre_c.IN and kind == "lit" and (chars := _class_chars(av)) is not None:
-            parts[-1] = ("alts", tuple(parts[-1][1] + c for c in chars))  # type: ignore[operator]
+            parts[-1] = ("alts", tuple(parts[-1][1] + c for c in chars))
         elif op is _sre_c.AT and av is not _sre_c.AT_NON_BOUNDARY:  # \b, ^, $: a word edge
             parts.append(("b", None))
         else:
@@ -204,20 +205,20 @@ def _requirement(items: Iterable[tuple[object, object]], left: bool = False, rig
         if not 0 <= j < len(parts):
             return edge
         kind, value = parts[j]
-        return kind == "b" or (kind == "lit" and _is_separator(value[0 if side > 0 else -1]))  # type: ignore[index]
+        return kind == "b" or (kind == "lit" and _is_separator(value[0 if side > 0 else -1]))
 
     candidates: list[Requirement] = []
     for i, (kind, value) in enumerate(parts):
         lb, rb = bounded(i, left, -1), bounded(i, right, +1)
         sub: Requirement | None = None
         if kind == "lit":
-            needle = _needle(value, lb, rb)  # type: ignore[arg-type]
+            needle = _needle(value, lb, rb)
             sub = (needle,) if needle else None
         elif kind == "alts":
-            needles = [_needle(alt, lb, rb) for alt in value]  # type: ignore[union-attr]
+            needles = [_needle(alt, lb, rb) for alt in value]
             sub = tuple(needles) if all(needles) else None  # type: ignore[arg-type]
         elif kind == "op":
-            op, av = value  # type: ignore[misc]
+            op, av = value
             if op is _sre_c.SUBPATTERN:
                 sub = _requirement(av[3], lb, rb)
             elif op in (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT, _sre_c.POSSESSIVE_REPEAT) and av[0] >= 1:

@@ -655,7 +655,7 @@ class _PinnedHTTP(http.client.HTTPConnection):
         return sock
 
     def connect(self) -> None:
-        self.sock = _DeadlineSocket(self._socket(), self._deadline)  # type: ignore[assignment]
+        self.sock = _DeadlineSocket(self._socket(), self._deadline)
 
 
 class _PinnedHTTPS(_PinnedHTTP):
@@ -671,7 +671,7 @@ class _PinnedHTTPS(_PinnedHTTP):
         except BaseException:
             raw.close()
             raise
-        self.sock = _DeadlineSocket(tls, self._deadline)  # type: ignore[assignment]
+        self.sock = _DeadlineSocket(tls, self._deadline)
 
 
 def _resolve(host: str, port: int, deadline: _Deadline) -> list[IPAddress]:
@@ -841,8 +841,11 @@ def _tls_check(
         expires = _not_after(cert)
         if expires is not None:
             days = (expires - datetime.now(UTC)).days
-            status = "warn" if days < CERT_WARN_DAYS else "ok"
-            report.check("tls", status, f"certificate valid, expires {expires:%Y-%m-%d} ({days} days)")
+            report.check(
+                "tls",
+                "warn" if days < CERT_WARN_DAYS else "ok",
+                f"certificate valid, expires {expires:%Y-%m-%d} ({days} days)",
+            )
         else:
             report.check("tls", "ok", "certificate valid")
         return verified

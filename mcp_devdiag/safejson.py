@@ -68,8 +68,8 @@ def first_lone_surrogate(value: Any) -> str | None:
     else:
         return None
     for item in items:
-        if (found := first_lone_surrogate(item)) is not None:
-            return found
+        if (inner := first_lone_surrogate(item)) is not None:
+            return inner
     return None
 
 

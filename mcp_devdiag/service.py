@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import psycopg
 from mcp.server.mcpserver.exceptions import ToolError
@@ -230,18 +231,20 @@ class DevDiag:
             notes.append(
                 "no known problem matched: stored as unrecognised (not as a clean run); there is no outcome to record"
             )
-        context = _Context(found, captured, text, unrecognised)
+        found_context = _Context(found, captured, text, unrecognised)
         built: tuple[list[Finding], list[RunRow]] | None = None
         # One connection for the ranking read and the write: the fewest round trips per call.
         try:
             with self.recorder.session(tenant, deadline, replay=True) as session:
                 scores = self.learner.scores(session.conn, tenant, codes) if codes else {}
-                built = self._build(tenant, run_id, now, codes, scores, context, stored, notes)
+                built = self._build(tenant, run_id, now, codes, scores, found_context, stored, notes)
                 written = self.recorder.write_on(session, built[1])
         except DatabaseUnavailable as error:
             if built is None:
                 notes.append(f"ranking from catalog priors only: {error}")
-                built = self._build(tenant, run_id, now, codes, self.learner.priors(codes), context, stored, notes)
+                built = self._build(
+                    tenant, run_id, now, codes, self.learner.priors(codes), found_context, stored, notes
+                )
             written = self.recorder.spool_rows(built[1], str(error))
         findings = built[0]
         if written.detail:
@@ -394,7 +397,9 @@ class DevDiag:
             raise ToolError("give exactly one of run_id (every problem of a run) or finding_id (one problem)")
         if resolution not in ("fixed", "manual", "failed"):
             raise ToolError(f"resolution {echo(resolution, 40)} is not valid: use fixed, manual or failed")
-        key, target = ("run_id", _uuid("run_id", run_id)) if run_id else ("finding_id", _uuid("finding_id", finding_id))
+        key, target = (
+            ("run_id", _uuid("run_id", run_id)) if run_id else ("finding_id", _uuid("finding_id", finding_id or ""))
+        )
         if fix_id is not None:
             fix_id = fix_id.strip()
             if fix_id not in {f.id for p in self.catalog for f in p.fixes}:
@@ -512,7 +517,9 @@ class DevDiag:
             notes.append(note)
         order = ranked(scores[problem.code])
         sources = {s.source for s in order}
-        source = "tenant" if "tenant" in sources else "all_tenants" if "all_tenants" in sources else "catalog"
+        source: Literal["tenant", "all_tenants", "catalog"] = (
+            "tenant" if "tenant" in sources else "all_tenants" if "all_tenants" in sources else "catalog"
+        )
         return SuggestResult(
             code=problem.code,
             title=problem.title,
@@ -527,7 +534,7 @@ class DevDiag:
         problems = [p for p in self.catalog if wanted is None or p.category == wanted]
         if wanted and not problems:
             categories = ", ".join(sorted({p.category for p in self.catalog}))
-            raise ToolError(f"unknown category {echo(category, 40)}: use one of {categories}")
+            raise ToolError(f"unknown category {echo(category or '', 40)}: use one of {categories}")
         return ProblemList(
             problems=[
                 CatalogProblem(

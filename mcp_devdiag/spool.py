@@ -30,6 +30,7 @@ import itertools
 import json
 import logging
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -73,8 +74,11 @@ class Outcome:
     tenant: str | None = None  # the caller's tenant: a replay changes only that tenant's runs
 
     def to_json(self) -> dict[str, Any]:
-        body = {"resolution": self.resolution, "at": self.at.isoformat(), "fix_id": self.fix_id}
-        body |= {"run_id": self.run_id} if self.run_id else {"finding_id": self.finding_id}
+        body: dict[str, Any] = {"resolution": self.resolution, "at": self.at.isoformat(), "fix_id": self.fix_id}
+        if self.run_id:
+            body["run_id"] = self.run_id
+        else:
+            body["finding_id"] = self.finding_id
         if self.tenant is not None:
             body["tenant"] = self.tenant
         return {"outcome": body}
@@ -204,7 +208,7 @@ def _locked(path: Path, *, blocking: bool = True) -> Iterator[bool]:
     """An exclusive advisory lock on ``path`` (created if missing); yields False if busy and not blocking."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        if os.name == "nt":  # pragma: no cover - Windows
+        if sys.platform == "win32":  # pragma: no cover - Windows (mypy checks this branch on Windows only)
             import msvcrt
 
             try:

@@ -24,7 +24,7 @@ import os
 import re
 import sys
 from collections.abc import AsyncIterator, Iterator
-from json.decoder import scanstring
+from json.decoder import scanstring  # type: ignore[attr-defined]  # json's own C scanner, not in typeshed
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import anyio

@@ -40,6 +40,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from devdiag_db.db import one_row, scalar
 from mcp_devdiag.catalog import UNRECOGNISED
 
 TABLE = "devdiag.diag_run"
@@ -281,16 +282,16 @@ def _after_max_id(conn: psycopg.Connection, batch: list[RunRow]) -> bool:
     if len(ids) != len(batch):
         return False  # duplicates within the batch: let on-conflict keep the first
     # uuid ordering in PostgreSQL is bytewise, the same as comparing UUID.int.
-    secured, top = conn.execute(
-        f"select row_security_active(%s), (select id from {TABLE} order by id desc limit 1)", (TABLE,)
-    ).fetchone()
+    secured, top = one_row(
+        conn, f"select row_security_active(%s), (select id from {TABLE} order by id desc limit 1)", (TABLE,)
+    )
     return not secured and (top is None or min(ids).int > top.int)
 
 
 def _ensure_stage(conn: psycopg.Connection) -> None:
     # A session-lifetime temp table, emptied per batch: no create/drop for every batch. Checked
     # first rather than `create ... if not exists`, which sends a notice every time.
-    if conn.execute(f"select to_regclass('pg_temp.{STAGE}')").fetchone()[0] is None:
+    if scalar(conn, f"select to_regclass('pg_temp.{STAGE}')") is None:
         conn.execute(
             f"create temporary table {STAGE} (like {TABLE} including defaults excluding constraints excluding indexes)"
         )

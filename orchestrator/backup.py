@@ -44,7 +44,7 @@ import psycopg
 from psycopg import sql
 
 from devdiag_db.config import ConnectionSettings
-from devdiag_db.db import DatabaseUnavailable, connect
+from devdiag_db.db import DatabaseUnavailable, connect, scalar
 from orchestrator.progress import Progress
 from orchestrator.secrets import backup_key, key_id
 
@@ -224,7 +224,7 @@ def child_conninfo(settings: ConnectionSettings, **overrides: str) -> str:
 
 
 def server_major(conn: psycopg.Connection) -> int:
-    return int(conn.execute("show server_version_num").fetchone()[0]) // 10000
+    return int(scalar(conn, "show server_version_num")) // 10000
 
 
 def explain_tool_error(tool: str, stderr: str, settings: ConnectionSettings) -> str:
@@ -516,12 +516,13 @@ def run_backup(
     key = backup_key(key_file, create=True)
     with connect(settings) as conn:
         major = server_major(conn)
-        version = conn.execute("show server_version").fetchone()[0]
-        estimate = conn.execute(
+        version = scalar(conn, "show server_version")
+        estimate = scalar(
+            conn,
             "select coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint from pg_class c "
             "join pg_namespace n on n.oid = c.relnamespace where c.relkind in ('r', 'p') "
-            "and n.nspname !~ '^pg_' and n.nspname <> 'information_schema'"
-        ).fetchone()[0]
+            "and n.nspname !~ '^pg_' and n.nspname <> 'information_schema'",
+        )
         epilogue, roles, db_settings = _epilogue(conn)
     tool = client_tool("pg_dump", settings, major)
     target = directory / backup_name(today)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from devdiag_db import config, embedded
-from devdiag_db.db import DatabaseUnavailable, connect
+from devdiag_db.db import DatabaseUnavailable, connect, scalar
 from orchestrator.health import START_DB, run_health
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ def db_status(as_json: bool) -> None:
     if external is not None:
         try:
             with connect(external) as conn:
-                version = conn.execute("show server_version").fetchone()[0]
+                version = scalar(conn, "show server_version")
             state = {"running": True, "embedded": False, "where": external.describe(), "version": version}
         except DatabaseUnavailable as error:
             state = {"running": False, "embedded": False, "where": external.describe(), "error": str(error)}

@@ -51,6 +51,7 @@ import itertools
 import math
 import random
 import time
+import uuid
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -60,7 +61,7 @@ import click
 import psycopg
 
 from devdiag_db.config import ConnectionSettings
-from devdiag_db.db import DatabaseUnavailable, connect
+from devdiag_db.db import DatabaseUnavailable, connect, scalar
 from mcp_devdiag import classifier, details, ids
 from mcp_devdiag.catalog import Problem, load_catalog
 from mcp_devdiag.writer import RunRow, write_runs
@@ -442,6 +443,7 @@ def refresh_demo(settings: ConnectionSettings, runs: int, seed: int = 7, *, tena
     names = [t.name for t in demo_tenants(tenants)]
     with connect(settings) as conn:
         _require_schema(conn)
+        others: dict[str, int]
         if settings.embedded:
             others = dict(
                 conn.execute(
@@ -461,7 +463,7 @@ def refresh_demo(settings: ConnectionSettings, runs: int, seed: int = 7, *, tena
                     "DEVDIAG_PG_* at an empty database, or unset DEVDIAG_PG_* to use the embedded one"
                 )
             others = {}
-        newest = conn.execute("select max(ts) from devdiag.diag_run where tenant_id = any(%s)", (names,)).fetchone()[0]
+        newest = scalar(conn, "select max(ts) from devdiag.diag_run where tenant_id = any(%s)", (names,))
         now = datetime.now(UTC)
         if newest is not None and now - newest < FRESH_FOR:
             return DemoRefresh("kept", 0, None, others)
@@ -736,7 +738,7 @@ class _Simulation:
         arrivals = self._arrivals()
         records: list[_Row] = []
         ai = 0
-        flare_at = self.now_us - FLARE_UP_HOURS * HOUR_US
+        flare_at: int | None = self.now_us - FLARE_UP_HOURS * HOUR_US
         n = len(self.tenants)
         for run_no, key in enumerate(self._run_times()):
             ts, tenant = divmod(key, n)
@@ -953,7 +955,7 @@ def _iter_rows(
     uuid7_int, from_int = ids.uuid7_int, ids.from_int
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     names = [t.name for t in tenants]
-    run_no, run_id, ts = -1, None, None
+    run_no, run_id, ts = -1, uuid.UUID(int=0), epoch  # set by the first record (run numbers start at 0)
     for r in records:
         if r.run != run_no:
             run_no = r.run

@@ -29,7 +29,7 @@ import psycopg
 from psycopg import sql
 
 from devdiag_db.config import ConnectionSettings
-from devdiag_db.db import DatabaseUnavailable, connect
+from devdiag_db.db import DatabaseUnavailable, connect, scalar
 from orchestrator.backup import run_backup
 from orchestrator.contract import PUBLIC_VIEWS, RAW_INDEXES
 from orchestrator.restore import RestoreReport, drop_database, run_restore
@@ -122,7 +122,7 @@ def run_drill(
 
 
 def _lock(conn: psycopg.Connection) -> None:
-    if not conn.execute("select pg_try_advisory_lock(%s)", (ADVISORY_LOCK_KEY,)).fetchone()[0]:
+    if not scalar(conn, "select pg_try_advisory_lock(%s)", (ADVISORY_LOCK_KEY,)):
         raise click.ClickException("another `devdiag drill` is running on this database: wait for it to finish")
 
 
@@ -130,7 +130,7 @@ def _snapshot_backup(settings: ConnectionSettings, workdir: Path, quiet: bool, k
     """Count every table and run pg_dump in one exported snapshot: the counts are exactly what the dump holds."""
     with connect(settings, autocommit=False) as conn:
         conn.execute("set transaction isolation level repeatable read, read only")
-        snapshot = conn.execute("select pg_export_snapshot()").fetchone()[0]
+        snapshot = scalar(conn, "select pg_export_snapshot()")
         rows = _count_tables(conn)
         backup = run_backup(settings, workdir, keep_days=None, quiet=quiet, snapshot=snapshot, key_file=key_file)
         conn.rollback()
@@ -145,7 +145,7 @@ def _count_tables(conn: psycopg.Connection) -> dict[str, int]:
         "and not c.relispartition order by 3"
     ).fetchall()
     return {
-        name: conn.execute(sql.SQL("select count(*) from {}").format(sql.Identifier(schema, table))).fetchone()[0]
+        name: scalar(conn, sql.SQL("select count(*) from {}").format(sql.Identifier(schema, table)))
         for schema, table, name in tables
     }
 

@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from json.decoder import scanstring
+from json.decoder import scanstring  # type: ignore[attr-defined]  # json's own C scanner, not in typeshed
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ import psycopg
 from psycopg import sql
 
 from devdiag_db import config
-from devdiag_db.db import DatabaseUnavailable, connect
+from devdiag_db.db import DatabaseUnavailable, connect, scalar
 from mcp_devdiag import safejson
 from mcp_devdiag.spool import MAX_DEPTH, MAX_LINE_BYTES, Outcome, ReplayReport, Spool, parse_line, read_lines, too_long
 from mcp_devdiag.writer import COLUMNS, ERROR_MSG_CAP, RESOLUTIONS, RunRow
@@ -473,7 +473,7 @@ def _write_rows(conn: psycopg.Connection, ids: list[bytes], rows: list[bytes]) -
             return len(rows)
         except psycopg.errors.UniqueViolation:
             pass  # another writer took one of these ids meanwhile: the conflict-safe path below
-    if conn.execute(f"select to_regclass('pg_temp.{STAGE}')").fetchone()[0] is None:
+    if scalar(conn, f"select to_regclass('pg_temp.{STAGE}')") is None:
         conn.execute(
             f"create temporary table {STAGE} "
             "(like devdiag.diag_run including defaults excluding constraints excluding indexes)"
@@ -611,7 +611,7 @@ def _open_lines(file: str) -> Iterator[Iterator[tuple[int, bytes | int]]]:
     if not path.is_file():
         raise click.ClickException(f"{file}: no such file")
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:  # type: ignore[operator]
+    with opener(path, "rb") as fh:
         yield _bounded(fh)
 
 

@@ -36,13 +36,14 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import click
 import psycopg
-from psycopg import pq, sql
+from psycopg import Copy, pq, sql
 
 from devdiag_db.config import SCHEMA, ConnectionSettings
-from devdiag_db.db import DatabaseUnavailable, connect
+from devdiag_db.db import DatabaseUnavailable, connect, one_row, scalar
 from orchestrator.backup import (
     _COPY_RE,
     CHUNK,
@@ -290,7 +291,7 @@ def _tables_with_rows(conn: psycopg.Connection) -> list[str]:
             continue  # the fix catalog and dbt's tables: `devdiag setup` and `devdiag build` remake them
         # `select 1`: Citus refuses an empty select list over a distributed table
         query = sql.SQL("select exists (select 1 from {})").format(sql.Identifier(schema, table))
-        if conn.execute(query).fetchone()[0]:
+        if scalar(conn, query):
             filled.append(f"{schema}.{table}")
     return filled
 
@@ -349,9 +350,7 @@ def _prepare(admin: psycopg.Connection, target: ConnectionSettings, replaced: li
     give it the schemas it replaces; create the roles the signed manifest names, apply its settings."""
     role = sql.Identifier(RESTORE_ROLE)
     password = role_password(RESTORE_ROLE)
-    owner, is_super = admin.execute(
-        "select current_user, rolsuper from pg_roles where rolname = current_user"
-    ).fetchone()
+    owner, is_super = one_row(admin, "select current_user, rolsuper from pg_roles where rolname = current_user")
     attributes = "LOGIN NOCREATEDB NOCREATEROLE NOINHERIT"
     if is_super:  # only a superuser may even name these (to turn them off)
         attributes += " NOSUPERUSER NOREPLICATION NOBYPASSRLS"
@@ -377,9 +376,9 @@ def _prepare(admin: psycopg.Connection, target: ConnectionSettings, replaced: li
             )
             schema_owners = {}
             for schema in replaced:  # quoted identifiers, as the dump prints them
-                schema_owners[schema] = admin.execute(
-                    "select nspowner::regrole::text from pg_namespace where quote_ident(nspname) = %s", (schema,)
-                ).fetchone()[0]
+                schema_owners[schema] = scalar(
+                    admin, "select nspowner::regrole::text from pg_namespace where quote_ident(nspname) = %s", (schema,)
+                )
                 admin.execute(sql.SQL("alter schema " + schema + " owner to {}").format(role))
             _, missing_extensions = create_extensions(admin)
             for name in manifest.get("roles", []):
@@ -405,14 +404,15 @@ def _prepare(admin: psycopg.Connection, target: ConnectionSettings, replaced: li
 
 def _check_role(admin: psycopg.Connection) -> None:
     """Fail closed when the restricted role has any power beyond logging in (someone granted it some)."""
-    attrs, memberships = admin.execute(
+    attrs, memberships = one_row(
+        admin,
         "select array_remove(array[case when rolsuper then 'SUPERUSER' end, case when rolcreaterole then "
         "'CREATEROLE' end, case when rolcreatedb then 'CREATEDB' end, case when rolreplication then 'REPLICATION' "
         "end, case when rolbypassrls then 'BYPASSRLS' end], null), "
         "array(select m.roleid::regrole::text from pg_auth_members m where m.member = r.oid order by 1) "
         "from pg_roles r where rolname = %s",
         (RESTORE_ROLE,),
-    ).fetchone()
+    )
     if attrs or memberships:
         found = ", ".join([*attrs, *(f"member of {m}" for m in memberships)])
         raise click.ClickException(
@@ -471,8 +471,8 @@ class _Loader:
         self.conn = conn
         self.cursor = conn.cursor()
         self.pending = bytearray()
-        self.copy = None
-        self.copy_cm = None
+        self.copy: Copy | None = None
+        self.copy_cm: contextlib.AbstractContextManager[Copy] | None = None
         self.carry = b""
 
     def execute(self, text: bytes) -> None:
@@ -523,6 +523,7 @@ class _Loader:
 
     def _end_copy(self) -> None:
         cm, self.copy, self.copy_cm = self.copy_cm, None, None
+        assert cm is not None  # called only at the end of a COPY's data
         cm.__exit__(None, None, None)
         self._still_ours()
 
@@ -607,7 +608,7 @@ def _feed(
     try:
         with (
             Progress("restore", total=contents.lines, quiet=quiet, unit="lines") as progress,
-            gzip.open(reader, "rb") as stream,
+            gzip.open(cast(BinaryIO, reader), "rb") as stream,  # a read-only byte stream
         ):
             while block := stream.read(CHUNK):
                 loader.feed(block)
@@ -703,14 +704,15 @@ def _verify(target: ConnectionSettings, contents: DumpContents, report: RestoreR
             report.rows[table] = {"expected": expected, "restored": _count(conn, table)}
         for kind in ("tables", "views", "indexes"):
             for name in contents.objects[kind]:
-                if conn.execute("select to_regclass(%s)", (name,)).fetchone()[0] is None:
+                if scalar(conn, "select to_regclass(%s)", (name,)) is None:
                     report.missing.append(name)
         for name in contents.objects["functions"]:
-            found = conn.execute(
+            found = scalar(
+                conn,
                 "select exists (select from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
                 "where format('%%I.%%I', n.nspname, p.proname) = %s)",
                 (name,),
-            ).fetchone()[0]
+            )
             if not found:
                 report.missing.append(name)
         report.views_present, report.indexes_present = _contract(conn)
@@ -731,20 +733,22 @@ def _count(conn: psycopg.Connection, table: str) -> int:
     ).fetchone()
     if found is None:
         return 0
-    return conn.execute(sql.SQL("select count(*) from {}").format(sql.Identifier(*found))).fetchone()[0]
+    return scalar(conn, sql.SQL("select count(*) from {}").format(sql.Identifier(*found)))
 
 
 def _contract(conn: psycopg.Connection) -> tuple[int, int]:
-    views = conn.execute(
+    views = scalar(
+        conn,
         "select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace "
         "where n.nspname = 'devdiag' and c.relkind in ('v', 'm') and c.relname = any(%s)",
         (list(PUBLIC_VIEWS),),
-    ).fetchone()[0]
-    indexes = conn.execute(
+    )
+    indexes = scalar(
+        conn,
         "select count(*) from pg_indexes where schemaname = 'devdiag' and tablename = 'diag_run' "
         "and indexname = any(%s)",
         (list(RAW_INDEXES),),
-    ).fetchone()[0]
+    )
     return views, indexes
 
 

@@ -24,7 +24,7 @@ import click
 import psycopg
 
 from devdiag_db.config import ConnectionSettings
-from devdiag_db.db import DatabaseUnavailable, connect
+from devdiag_db.db import DatabaseUnavailable, connect, one_row, scalar
 from orchestrator.progress import Progress
 
 DEFAULT_DAYS = 180
@@ -94,11 +94,11 @@ def run_retention(
     with connect(settings) as conn:
         _require_raw_table(conn)
         _take_lock(conn)
-        cutoff = conn.execute("select now() - make_interval(days => %s)", (days,)).fetchone()[0]
+        cutoff = scalar(conn, "select now() - make_interval(days => %s)", (days,))
         if dry_run:
-            deleted, kept = conn.execute(_COUNT_SQL, {"cutoff": cutoff}).fetchone()
+            deleted, kept = one_row(conn, _COUNT_SQL, {"cutoff": cutoff})
             return RetentionReport(days, cutoff, True, deleted, kept, 0, False, time.monotonic() - started)
-        expired = conn.execute("select count(*) from devdiag.diag_run where ts < %s", (cutoff,)).fetchone()[0]
+        expired = scalar(conn, "select count(*) from devdiag.diag_run where ts < %s", (cutoff,))
         with Progress("retention", total=expired, quiet=quiet) as progress:
             deleted, kept, batches = _delete_in_batches(conn, cutoff, batch_rows, progress)
             progress.step("vacuum analyze")
@@ -115,9 +115,9 @@ def _delete_in_batches(
     deleted = kept = batches = 0
     while True:
         with conn.transaction():  # one short transaction per batch: an interruption keeps what committed
-            seen, gone, last_ts, last_id = conn.execute(
-                _BATCH_SQL, {"cutoff": cutoff, "after_ts": after_ts, "after_id": after_id, "limit": batch_rows}
-            ).fetchone()
+            seen, gone, last_ts, last_id = one_row(
+                conn, _BATCH_SQL, {"cutoff": cutoff, "after_ts": after_ts, "after_id": after_id, "limit": batch_rows}
+            )
         if not seen:
             return deleted, kept, batches
         batches += 1
@@ -128,13 +128,13 @@ def _delete_in_batches(
 
 
 def _require_raw_table(conn: psycopg.Connection) -> None:
-    if conn.execute("select to_regclass('devdiag.diag_run')").fetchone()[0] is None:
+    if scalar(conn, "select to_regclass('devdiag.diag_run')") is None:
         raise click.ClickException("devdiag.diag_run does not exist in this database: run `devdiag setup` first")
 
 
 def _take_lock(conn: psycopg.Connection) -> None:
     """Session advisory lock, released when the connection closes (also on a crash)."""
-    if not conn.execute("select pg_try_advisory_lock(%s)", (ADVISORY_LOCK_KEY,)).fetchone()[0]:
+    if not scalar(conn, "select pg_try_advisory_lock(%s)", (ADVISORY_LOCK_KEY,)):
         raise click.ClickException("another `devdiag retention` is running on this database: wait for it to finish")
 
 

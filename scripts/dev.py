@@ -40,6 +40,7 @@ def install(extras: str) -> None:
 def lint() -> None:
     run(BIN / "ruff", "check", ".")
     run(BIN / "ruff", "format", "--check", ".")
+    run(BIN / "mypy")  # the packages, as [tool.mypy] in pyproject.toml names them
     run(BIN / "sqlfluff", "lint", "models", "macros", "tests", "--processes", "2")
 
 
