@@ -195,10 +195,13 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300, help="timed diagnose and suggest_fixes calls")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the temporary DEVDIAG_HOMEs")
+    parser.add_argument("--citus-only", action="store_true", help="measure the cluster alone")
     args = parser.parse_args()
     log = _log(args.json)
-    log(f"== one node, {args.runs:,} runs")
-    single = one_layout(False, args.runs, args.workers, args.repeat, args.calls, log, args.keep)
+    single: dict = {"layout": "one node", "runs": args.runs, "queries": [], "query_errors": []}
+    if not args.citus_only:
+        log(f"== one node, {args.runs:,} runs")
+        single = one_layout(False, args.runs, args.workers, args.repeat, args.calls, log, args.keep)
     log(f"== Citus, coordinator + {args.workers} workers, {args.runs:,} runs")
     citus = one_layout(True, args.runs, args.workers, args.repeat, args.calls, log, args.keep)
     if args.json:

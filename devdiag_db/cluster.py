@@ -218,6 +218,10 @@ def _connect(node: Node, sock: Path, dbname: str = DATABASE) -> psycopg.Connecti
 
 def _prepare_node(node: Node, sock: Path) -> None:
     with _connect(node, sock, "postgres") as conn:
+        # how a node reaches itself (intermediate results, EXPLAIN ANALYZE): its socket, as the others do
+        if conn.execute("show citus.local_hostname").fetchone() != (str(sock),):
+            conn.execute(sql.SQL("alter system set citus.local_hostname = {}").format(sql.Literal(str(sock))))
+            conn.execute("select pg_reload_conf()")
         if conn.execute("select from pg_database where datname = %s", (DATABASE,)).fetchone() is None:
             conn.execute(sql.SQL("create database {}").format(sql.Identifier(DATABASE)))
     with _connect(node, sock) as conn:

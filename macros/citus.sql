@@ -74,3 +74,28 @@
     end
     $distribute$
 {% endmacro %}
+
+
+{#-
+    The raw runs v_activity_hourly adds live to its built hours: ``runs`` on one node; on Citus no
+    rows. There int_activity_hourly stays on the coordinator, and a view that also read the
+    distributed raw table would copy the week's hours through intermediate results on every read
+    (1.3 s p95 at 1M runs, against 22 ms): the dashboard's hourly view is one build (5 minutes) behind.
+-#}
+{% macro live_runs(runs) %}
+    {%- if is_citus() -%}
+    (
+        select
+            null::uuid as run_id,
+            null::timestamptz as ts,
+            null::text as tenant_id,
+            null::text as environment,
+            null::text as problem_code,
+            null::text as fix_suggestion,
+            null::double precision as confidence
+        where false
+    ) as no_live_runs
+{%- else -%}
+        {{ runs }}
+    {%- endif -%}
+{% endmacro %}

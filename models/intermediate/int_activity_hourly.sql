@@ -12,10 +12,7 @@
         incremental_strategy='delete+insert',
         unique_key='hour',
         indexes=[{'columns': ['hour']}],
-        post_hook=[
-            "delete from {{ this }} where hour < date_trunc('hour', now(), 'utc') - interval '8 days'",
-            "{{ distribute_by_tenant() }}",
-        ],
+        post_hook=["delete from {{ this }} where hour < date_trunc('hour', now(), 'utc') - interval '8 days'"],
     )
 }}
 

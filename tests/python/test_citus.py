@@ -39,8 +39,7 @@ PER_TENANT_TABLES = {
     "int_fix_outcomes",
     "int_fix_outcomes_daily",
     "int_fix_ranking",
-    "int_activity_hourly",
-}
+}  # int_activity_hourly stays on the coordinator: the dashboard reads all tenants' week at once
 # the build's results that must agree between an incremental build and a full refresh
 TOTALS = """
 select (select sum(cnt) from devdiag.v_problem_counts),
