@@ -326,12 +326,16 @@ def demo(runs: int, seed: int) -> None:
                 if embedded.stop():
                     status_line("stopped the embedded PostgreSQL this demo had started")
         raise
+    stop = (
+        "  devdiag db stop              # stop the embedded PostgreSQL"
+        if where.embedded
+        else "  (DEVDIAG_PG_* names the database: devdiag leaves it running)"
+    )
     click.echo(
         "\nNext:\n"
         '  devdiag db psql -c "select * from devdiag.v_problem_counts order by day desc limit 10"\n'
         "  devdiag health --json        # the checks, for scripts\n"
-        "  devdiag build                # rebuild the views after new runs\n"
-        "  devdiag db stop              # stop the embedded PostgreSQL"
+        "  devdiag build                # rebuild the views after new runs\n" + stop
     )
     # Failing checks leave the database up: the Next lines are how to look into them.
     if broken or any(c.status == "fail" and c.severity == "error" for c in checks):

@@ -86,6 +86,7 @@ def built(citus: ConnectionSettings) -> ConnectionSettings:
     demo = devdiag("demo", "--runs", "3000")
     checks = [line for line in demo.stdout.split("Next:")[0].splitlines()[1:] if line.strip()]
     assert len(checks) == 7 and all(line.rstrip().endswith("pass") for line in checks), demo.stdout
+    assert "devdiag db stop" not in demo.stdout  # not the embedded server: nothing to stop
     return citus
 
 
