@@ -342,7 +342,18 @@ def _roles_on_citus_workers(admin: psycopg.Connection, roles: list[str]) -> None
             "do $roles$ begin if not exists (select from pg_roles where rolname = {}) then "
             "create role {} nologin; end if; end $roles$"
         ).format(sql.Literal(name), sql.Identifier(name))
-        admin.execute("select run_command_on_workers(%s)", (command.as_string(admin),))
+        # one worker at a time: a role made on a worker is passed on to the others, and two at once
+        # deadlock on each other
+        failed = admin.execute(
+            "select nodeport, result from run_command_on_workers(%s, parallel := false) where not success",
+            (command.as_string(admin),),
+        ).fetchall()
+        if failed:
+            port, error = failed[0]
+            raise click.ClickException(
+                f"could not create role {name} on the Citus worker at port {port} ({error.strip()}): "
+                "create it there, then restore again; nothing was restored"
+            )
 
 
 def _prepare(admin: psycopg.Connection, target: ConnectionSettings, replaced: list[str], manifest: dict) -> _Handover:

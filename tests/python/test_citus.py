@@ -274,6 +274,23 @@ def test_a_tenants_own_grafana_role_is_refused_in_one_line(built):
     assert result.exit_code == 1 and "not available on Citus" in result.output
 
 
+def test_retention_keeps_each_tenants_first_and_last_sightings_on_the_cluster(built):
+    dry = json.loads(devdiag("retention", "--days", "150", "--dry-run", "--json").stdout)
+    done = json.loads(devdiag("retention", "--days", "150", "--json").stdout)
+    assert done["rows_deleted"] == dry["rows_deleted"] > 0
+    assert done["rows_kept_first_last"] == dry["rows_kept_first_last"] > 0
+    with connect(built) as conn:
+        older = conn.execute("select count(*) from devdiag.diag_run where ts < %s", (done["cutoff"],)).fetchone()
+    assert older == (done["rows_kept_first_last"],)
+
+
+def test_capacity_counts_the_workers_databases(built):
+    report = json.loads(devdiag("capacity", "--json").stdout)
+    with connect(built) as conn:
+        coordinator = conn.execute("select pg_database_size(current_database())").fetchone()[0]
+    assert report["db_size_bytes"] > coordinator  # the shards live on the workers
+
+
 def test_drill_backup_and_restore_into_the_distributed_layout(built, tmp_path):
     drill = json.loads(devdiag("drill", "--json").stdout)
     assert drill["rows_lost"] == 0
