@@ -12,12 +12,14 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard, get_args
 
 import yaml
 
+from mcp_devdiag.results import Severity
+
 CATEGORIES = frozenset({"browser", "backend", "python", "node", "git", "docker", "os", "database", "network"})
-SEVERITIES = frozenset({"critical", "error", "warning"})
+SEVERITIES: frozenset[Severity] = frozenset(get_args(Severity))
 # MULTILINE so ^/$ anchor to lines of a pasted log, not to the whole paste.
 PATTERN_FLAGS = re.IGNORECASE | re.MULTILINE
 
@@ -100,7 +102,7 @@ class Problem:
     code: str
     title: str
     category: str
-    severity: str
+    severity: Severity
     patterns: tuple[re.Pattern[str], ...]
     fixes: tuple[Fix, ...]
     details: frozenset[str] = frozenset()  # detail names: its patterns' named groups and what derives from them
@@ -131,6 +133,10 @@ class Catalog:
 
     def __len__(self) -> int:
         return len(self.problems)
+
+
+def _is_severity(value: object) -> TypeGuard[Severity]:
+    return value in SEVERITIES
 
 
 def _require(cond: object, msg: str) -> None:
@@ -224,7 +230,8 @@ def _parse_problem(raw: Any, index: int, seen_codes: set[str], seen_fix_ids: set
     category = raw.get("category")
     _require(category in CATEGORIES, f"{where}: bad category {category!r}")
     severity = raw.get("severity")
-    _require(severity in SEVERITIES, f"{where}: bad severity {severity!r}")
+    if not _is_severity(severity):
+        raise ValueError(f"{where}: bad severity {severity!r}")
 
     raw_patterns = raw.get("patterns")
     _require(isinstance(raw_patterns, list) and raw_patterns, f"{where}: needs at least one pattern")

@@ -168,17 +168,17 @@ def _best(candidates: Sequence[Requirement]) -> Requirement | None:
     return max(candidates, key=lambda req: min(n.score for n in req), default=None)
 
 
-def _class_chars(items: object) -> list[str] | None:
+def _class_chars(items: Iterable[tuple[Any, Any]]) -> list[str] | None:
     """The characters of a small character class made of plain literals, e.g. [0234]."""
     chars = []
-    for op, av in items:  # type: ignore[attr-defined]
+    for op, av in items:
         if op is not _sre_c.LITERAL:
             return None
         chars.append(chr(av))
     return chars if len(chars) <= 16 else None
 
 
-def _requirement(items: Iterable[tuple[object, object]], left: bool = False, right: bool = False) -> Requirement | None:
+def _requirement(items: Iterable[tuple[Any, Any]], left: bool = False, right: bool = False) -> Requirement | None:
     """Cheapest reliable gate for a parsed regex sequence: a literal run, or one literal per branch."""
     # ("lit", text) | ("alts", texts) | ("b", None) | ("op", (op, av)); "alts" comes from sre factoring
     # (500|502|503) into 50[023]: a literal followed by a small character class is expanded back.
@@ -186,7 +186,7 @@ def _requirement(items: Iterable[tuple[object, object]], left: bool = False, rig
     for op, av in items:
         kind = parts[-1][0] if parts else None
         if op is _sre_c.LITERAL:
-            ch = chr(av)  # type: ignore[arg-type]
+            ch = chr(av)
             if kind == "lit":
                 parts[-1] = ("lit", parts[-1][1] + ch)
             elif kind == "alts":
@@ -215,8 +215,8 @@ def _requirement(items: Iterable[tuple[object, object]], left: bool = False, rig
             needle = _needle(value, lb, rb)
             sub = (needle,) if needle else None
         elif kind == "alts":
-            needles = [_needle(alt, lb, rb) for alt in value]
-            sub = tuple(needles) if all(needles) else None  # type: ignore[arg-type]
+            needles = [n for alt in value if (n := _needle(alt, lb, rb))]
+            sub = tuple(needles) if len(needles) == len(value) else None  # every branch needs a needle
         elif kind == "op":
             op, av = value
             if op is _sre_c.SUBPATTERN:
@@ -224,9 +224,9 @@ def _requirement(items: Iterable[tuple[object, object]], left: bool = False, rig
             elif op in (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT, _sre_c.POSSESSIVE_REPEAT) and av[0] >= 1:
                 sub = _requirement(av[2], False, False)
             elif op is _sre_c.BRANCH:
-                branches = [_requirement(branch, lb, rb) for branch in av[1]]
-                if all(branches):
-                    sub = tuple(n for b in branches for n in b)  # type: ignore[union-attr]
+                branches = [b for branch in av[1] if (b := _requirement(branch, lb, rb))]
+                if len(branches) == len(av[1]):  # every branch gated, else the alternation is not
+                    sub = tuple(n for b in branches for n in b)
         if sub:
             candidates.append(sub)
     return _best(candidates)

@@ -38,6 +38,7 @@ import psycopg
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.transport_security import TransportSecuritySettings
+from pydantic import AnyHttpUrl
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -367,7 +368,7 @@ def build_app(settings: ServerSettings, http: HttpSettings, *, recorder: Recorde
         connect_timeout=settings.connect_timeout_s,
     )
     verifier = DevDiagTokenVerifier(recorder, grace_s=http.token_grace_s)
-    auth = AuthSettings(issuer_url=_ISSUER, resource_server_url=None)  # type: ignore[arg-type]
+    auth = AuthSettings(issuer_url=AnyHttpUrl(_ISSUER), resource_server_url=None)
     server, _ = build_server(settings, recorder=recorder, token_verifier=verifier, auth=auth)
 
     @server.custom_route(HEALTH_PATH, methods=["GET"])

@@ -39,8 +39,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from functools import lru_cache
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer  # what RawIOBase.readinto takes
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -599,7 +602,7 @@ class _DeadlineReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: WriteableBuffer) -> int:
         sock = self._owner.sock
         sock.settimeout(self._owner.deadline.left())
         return sock.recv_into(buffer)

@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 Recorded = Literal["database", "spool", "dropped"]
+Severity = Literal["critical", "error", "warning"]  # catalog.SEVERITIES
+Resolution = Literal["fixed", "manual", "failed"]  # writer.RESOLUTIONS
 Source = Literal["tenant", "all_tenants", "catalog"]
 
 
@@ -29,7 +31,7 @@ class Finding(BaseModel):
     code: str = Field(description="Problem code from the catalog (UPPER_SNAKE).")
     title: str
     category: str
-    severity: Literal["critical", "error", "warning"]
+    severity: Severity
     evidence: list[str] = Field(description="The text that matched (secrets masked).")
     details: dict[str, str] = Field(
         default_factory=dict,
@@ -84,7 +86,7 @@ class OutcomeFinding(BaseModel):
 
 class OutcomeResult(BaseModel):
     recorded: Recorded
-    resolution: Literal["fixed", "manual", "failed"]
+    resolution: Resolution
     updated: int = Field(description="Findings changed by this call (0 when it was already recorded).")
     findings: list[OutcomeFinding] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
@@ -93,7 +95,7 @@ class OutcomeResult(BaseModel):
 class SuggestResult(BaseModel):
     code: str
     title: str
-    severity: Literal["critical", "error", "warning"]
+    severity: Severity
     source: Source = Field(description="Whose outcomes the ranking rests on overall.")
     fixes: list[FixSuggestion] = Field(description="Best first by learned confidence.")
     notes: list[str] = Field(default_factory=list)
@@ -103,7 +105,7 @@ class CatalogProblem(BaseModel):
     code: str
     title: str
     category: str
-    severity: Literal["critical", "error", "warning"]
+    severity: Severity
     fix_ids: list[str]
 
 

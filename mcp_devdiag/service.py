@@ -48,6 +48,7 @@ from mcp_devdiag.results import (
     ProblemList,
     RecentProblem,
     RecentResult,
+    Resolution,
     SuggestResult,
 )
 from mcp_devdiag.settings import ServerSettings
@@ -304,7 +305,7 @@ class DevDiag:
                     code=code,
                     title=problem.title,
                     category=problem.category,
-                    severity=problem.severity,  # type: ignore[arg-type]
+                    severity=problem.severity,
                     evidence=context.evidence[code],
                     details=known,
                     suggested_fix=first.fix.id if first else None,
@@ -395,7 +396,7 @@ class DevDiag:
         run_id, finding_id, fix_id = clean(run_id), clean(finding_id), clean(fix_id)
         if (run_id is None) == (finding_id is None):
             raise ToolError("give exactly one of run_id (every problem of a run) or finding_id (one problem)")
-        if resolution not in ("fixed", "manual", "failed"):
+        if not writer.is_resolution(resolution):
             raise ToolError(f"resolution {echo(resolution, 40)} is not valid: use fixed, manual or failed")
         key, target = (
             ("run_id", _uuid("run_id", run_id)) if run_id else ("finding_id", _uuid("finding_id", finding_id or ""))
@@ -418,7 +419,7 @@ class DevDiag:
             written = self.recorder.spool_outcome(outcome, "its run is still being written from the spool")
             return OutcomeResult(
                 recorded=written.recorded,
-                resolution=resolution,  # type: ignore[arg-type]
+                resolution=resolution,
                 updated=0,
                 notes=[f"outcome not in the database yet: {written.detail}"],
             )
@@ -426,7 +427,7 @@ class DevDiag:
             written = self.recorder.spool_outcome(outcome, str(error))
             return OutcomeResult(
                 recorded=written.recorded,
-                resolution=resolution,  # type: ignore[arg-type]
+                resolution=resolution,
                 updated=0,
                 notes=[f"outcome not in the database yet: {written.detail}"],
             )
@@ -437,7 +438,7 @@ class DevDiag:
         tenant: str,
         key: str,
         target: uuid.UUID,
-        resolution: str,
+        resolution: Resolution,
         fix_id: str | None,
         at: datetime,
     ) -> OutcomeResult:
@@ -486,7 +487,7 @@ class DevDiag:
             notes.append("already recorded: nothing changed (this outcome, or a later one, is in place)")
         return OutcomeResult(
             recorded="database",
-            resolution=resolution,  # type: ignore[arg-type]
+            resolution=resolution,
             updated=updated,
             findings=[
                 OutcomeFinding(
@@ -523,7 +524,7 @@ class DevDiag:
         return SuggestResult(
             code=problem.code,
             title=problem.title,
-            severity=problem.severity,  # type: ignore[arg-type]
+            severity=problem.severity,
             source=source,
             fixes=[_suggestion(s) for s in order],
             notes=notes,
@@ -541,7 +542,7 @@ class DevDiag:
                     code=p.code,
                     title=p.title,
                     category=p.category,
-                    severity=p.severity,  # type: ignore[arg-type]
+                    severity=p.severity,
                     fix_ids=[f.id for f in p.fixes],
                 )
                 for p in problems

@@ -82,24 +82,31 @@ def _skip_value(text: str, pos: int) -> int:
     raise ValueError("unterminated")
 
 
+def _skip_ws(text: str, pos: int) -> int:
+    """Where the JSON whitespace from ``pos`` ends (``_WS`` matches everywhere, if only the empty string)."""
+    match = _WS.match(text, pos)
+    assert match is not None
+    return match.end()
+
+
 def recover_id(text: str) -> str | int | None:
     """The id of a line that could not be parsed whole, read only from the well-formed members at
     the start of its top-level object; None unless exactly one complete ``"id"`` member (a string
     or an integer) is among them."""
     ids: list[Any] = []
     try:
-        pos = _WS.match(text, 0).end()  # type: ignore[union-attr]
+        pos = _skip_ws(text, 0)
         if text[pos] != "{":
             return None
-        pos = _WS.match(text, pos + 1).end()  # type: ignore[union-attr]
+        pos = _skip_ws(text, pos + 1)
         while text[pos] == '"':
             key, pos = scanstring(text, pos + 1)
-            pos = _WS.match(text, pos).end()  # type: ignore[union-attr]
+            pos = _skip_ws(text, pos)
             if text[pos] != ":":
                 break
-            start = _WS.match(text, pos + 1).end()  # type: ignore[union-attr]
+            start = _skip_ws(text, pos + 1)
             end = _skip_value(text, start)
-            pos = _WS.match(text, end).end()  # type: ignore[union-attr]
+            pos = _skip_ws(text, end)
             if text[pos] not in ",}":
                 break  # the member is not complete: nothing in it is trusted
             if key == "id":
@@ -111,7 +118,7 @@ def recover_id(text: str) -> str | int | None:
                 ids.append(value)
             if text[pos] == "}":
                 break
-            pos = _WS.match(text, pos + 1).end()  # type: ignore[union-attr]
+            pos = _skip_ws(text, pos + 1)
     except (IndexError, ValueError):
         pass  # the line ends or breaks here: what was read before still counts
     return ids[0] if len(ids) == 1 else None
@@ -230,6 +237,7 @@ async def hardened_stdio_server(
     """``mcp.server.stdio.stdio_server`` with checked input: same (read_stream, write_stream)."""
     with contextlib.nullcontext(stdin) if stdin is not None else _claimed_stdin() as source:
         lines = _CheckedLines(source)
+        # ignored below: _CheckedLines is no AsyncFile, but stdio_server only iterates it (async for line in stdin)
         async with stdio_server(stdin=lines, stdout=stdout) as (read_stream, write_stream):  # type: ignore[arg-type]
             lines.answer_with(write_stream)
             yield read_stream, write_stream

@@ -35,18 +35,19 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
-from typing import Any
+from typing import Any, TypeGuard, get_args
 
 import psycopg
 from psycopg import sql
 
 from devdiag_db.db import one_row, scalar
 from mcp_devdiag.catalog import UNRECOGNISED
+from mcp_devdiag.results import Resolution
 
 TABLE = "devdiag.diag_run"
 STAGE = "diag_run_stage"
 ERROR_MSG_CAP = 4000
-RESOLUTIONS = frozenset({"fixed", "manual", "failed"})
+RESOLUTIONS: frozenset[Resolution] = frozenset(get_args(Resolution))
 COLUMNS = (
     "id",
     "run_id",
@@ -326,6 +327,10 @@ def _values(r: RunRow) -> tuple:
 
 
 # --- outcomes -------------------------------------------------------------------------------------
+
+
+def is_resolution(value: object) -> TypeGuard[Resolution]:
+    return value in RESOLUTIONS
 
 
 def record_outcome(

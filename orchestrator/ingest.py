@@ -640,9 +640,11 @@ def load_file(
             outer,
         ):
             more: list[psycopg.Connection] = []
-            for _ in range(0 if strict or connect_more is None else WRITERS - 1):
+            for _ in range(0 if strict else WRITERS - 1):
+                if connect_more is None:
+                    break
                 try:
-                    more.append(connect_more())  # type: ignore[misc]
+                    more.append(connect_more())
                 except (DatabaseUnavailable, psycopg.OperationalError):
                     break  # e.g. no connection slot left: one connection does it all, slower
                 extra.callback(more[-1].close)

@@ -26,7 +26,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from devdiag_db.config import ConnectionSettings
-from devdiag_db.db import DatabaseUnavailable, connect
+from devdiag_db.db import DatabaseUnavailable, Query, connect
 
 GIB = 1024**3
 CAPACITY_WARNING_BYTES = 5 * GIB
@@ -172,9 +172,9 @@ ORDER BY mean_exec_time DESC LIMIT 10
 # --- helpers --------------------------------------------------------------------------------------
 
 
-def _query(conn: psycopg.Connection, query: str | sql.Composable, params: dict[str, Any] | None = None) -> list[Row]:
+def _query(conn: psycopg.Connection, query: Query, params: dict[str, Any] | None = None) -> list[Row]:
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query, params)  # type: ignore[arg-type]
+        cur.execute(query, params)
         return [{k: _plain(v) for k, v in row.items()} for row in cur.fetchall()]
 
 
