@@ -11,6 +11,7 @@
       Citus passes on with citus.propagate_set_commands = local (devdiag_db.db.tenant_transaction).
     - The changed_at trigger runs on the shards: citus.enable_unsafe_triggers lets a distributed
       table keep it (it only touches the row being updated, so it is safe here).
+    - error_memory (the team memory) is distributed by tenant_id too, co-located with diag_run.
     - The other tables (tokens, tenant readers) and the dbt models stay on the coordinator, except
       the per-tenant dbt tables, which distribute_by_tenant() co-locates with diag_run.
 -#}
@@ -36,6 +37,10 @@
             end if;
             perform create_distributed_table('{{ schema }}.diag_run', 'tenant_id');
             perform truncate_local_data_after_distributing_table('{{ schema }}.diag_run');
+        end if;
+        if not exists (select from pg_dist_partition where logicalrelid = '{{ schema }}.error_memory'::regclass) then
+            perform create_distributed_table('{{ schema }}.error_memory', 'tenant_id', colocate_with => '{{ schema }}.diag_run');
+            perform truncate_local_data_after_distributing_table('{{ schema }}.error_memory');
         end if;
         -- v_recent_activity and the live hour of v_activity_hourly read diag_run: on Citus their
         -- reader reads its shards itself (see distribute_by_tenant), where row-level security is on

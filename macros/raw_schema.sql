@@ -103,8 +103,50 @@
 
     {{ fix_confidence_function(schema) }}
     {{ create_roles(schema) }}
+    {{ create_error_memory(schema) }}
     {{ create_tenancy(schema) }}
     {{ citus_layout(schema) }}
+{% endmacro %}
+
+
+{#-
+    The team's memory (mcp_devdiag/memory.py): one row per tenant and error signature (the error's
+    key lines with numbers, paths, ids, hosts and quoted names masked), the runs seen with it, and
+    the latest outcome a user recorded for it with their note. Not the runbook's; the writer keeps
+    it with every run it writes. diagnose finds the candidates through `lsh` (MinHash keys of the
+    signature's words, salted with the tenant: a GIN lookup, whatever the memory's size) and ranks
+    them by pg_trgm similarity.
+-#}
+{% macro create_error_memory(schema) %}
+    create table if not exists {{ schema }}.error_memory (
+        tenant_id text not null,
+        signature text not null,
+        lsh integer [] not null,
+        problem_code text,
+        runs bigint not null,
+        first_seen timestamptz not null,
+        last_seen timestamptz not null,
+        last_run_id uuid not null,
+        outcome_run_id uuid,
+        resolution text,
+        note text,
+        resolved_at timestamptz,
+        primary key (tenant_id, signature),
+        constraint error_memory_signature_cap check (length(signature) <= 300),
+        constraint error_memory_note_cap check (length(note) <= 500),
+        constraint error_memory_resolution_values check (resolution in ('fixed', 'manual', 'failed')),
+        constraint error_memory_outcome_has_time check ((resolution is null) = (resolved_at is null))
+    );
+    comment on table {{ schema }}.error_memory is
+        'DevDiag team memory: per tenant and normalised error signature, the runs seen and the latest outcome and note.';
+    -- fastupdate off: a pending list would be scanned whole by every lookup until a vacuum merges it
+    create index if not exists ix_error_memory_lsh on {{ schema }}.error_memory using gin (lsh) with (fastupdate = off);
+    comment on index {{ schema }}.ix_error_memory_lsh is
+        'diagnose: the signatures of one tenant that share a MinHash key with an error (the candidates to rank)';
+    grant select, insert on {{ schema }}.error_memory to devdiag_writer;
+    grant update (problem_code, runs, first_seen, last_seen, last_run_id, outcome_run_id, resolution, note, resolved_at)
+        on {{ schema }}.error_memory to devdiag_writer;
+    revoke all on {{ schema }}.error_memory from public, grafana;
 {% endmacro %}
 
 
@@ -178,12 +220,13 @@
     declare
         t regclass;
     begin
-        foreach t in array array['{{ schema }}.diag_run', '{{ schema }}.api_token', '{{ schema }}.tenant_reader']::regclass[] loop
+        foreach t in array array['{{ schema }}.diag_run', '{{ schema }}.api_token', '{{ schema }}.tenant_reader',
+                                 '{{ schema }}.error_memory']::regclass[] loop
             if not (select relrowsecurity from pg_class where oid = t) then
                 execute format('alter table %s enable row level security', t);
             end if;
         end loop;
-        foreach t in array array['{{ schema }}.diag_run', '{{ schema }}.api_token']::regclass[] loop
+        foreach t in array array['{{ schema }}.diag_run', '{{ schema }}.api_token', '{{ schema }}.error_memory']::regclass[] loop
             if coalesce((select obj_description(p.oid, 'pg_policy') from pg_policy as p
                          where p.polrelid = t and p.polname = 'tenant_isolation'), '') <> '{{ tenancy_version }}' then
                 execute format('drop policy if exists tenant_isolation on %s', t);

@@ -57,6 +57,17 @@ class ProbeSummary(BaseModel):
     checks: list[ProbeCheck] = Field(default_factory=list)
 
 
+class SimilarRun(BaseModel):
+    run_id: str = Field(description="An earlier run of this team with an error like this one.")
+    code: str = Field(description="Its problem code, or UNRECOGNISED when no catalog entry matched it.")
+    similarity: float = Field(description="Trigram similarity (0..1) of the two errors' normalised signatures.")
+    times_seen: int = Field(description="Runs of this team with the same normalised error.")
+    last_seen: str = Field(description="When it was last seen (ISO 8601, UTC).")
+    age: str = Field(description="How long ago, e.g. '3 days ago'.")
+    outcome: Resolution | None = Field(description="The outcome recorded for it: fixed, manual, failed, or none yet.")
+    note: str | None = Field(description="What fixed it, in the words of whoever recorded the outcome (redacted).")
+
+
 class DiagnoseResult(BaseModel):
     run_id: str = Field(description="Id of this diagnostic run; pass it to record_outcome once the user tried a fix.")
     tenant: str
@@ -65,7 +76,13 @@ class DiagnoseResult(BaseModel):
     unrecognised: bool = Field(
         default=False,
         description="True when error text was given but matched no known problem: stored as UNRECOGNISED, not as a "
-        "clean run. Help the user directly; there is no outcome to record.",
+        "clean run. Look at `similar` for what fixed it before; once solved, record_outcome with resolution "
+        "'manual' and a note keeps what worked for the team.",
+    )
+    similar: list[SimilarRun] = Field(
+        default_factory=list,
+        description="Up to three earlier runs of this team with the most similar error, nearest first, with their "
+        "outcome and note: the team's memory, for known and unknown errors alike.",
     )
     probe: ProbeSummary | None = None
     recorded: Recorded = Field(
@@ -88,6 +105,7 @@ class OutcomeResult(BaseModel):
     recorded: Recorded
     resolution: Resolution
     updated: int = Field(description="Findings changed by this call (0 when it was already recorded).")
+    note: str | None = Field(default=None, description="The note as kept for the team (redacted, capped).")
     findings: list[OutcomeFinding] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
 

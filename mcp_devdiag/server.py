@@ -149,8 +149,10 @@ def build_server(
         Call this as soon as the user shows an error, a failing command's output, a browser console
         message or a URL that misbehaves. Give at least one of error_text, logs, context or url.
         Returns the problems found (code, severity, evidence) with fixes in the order to try them,
-        each with a learned confidence, and a run_id. Present the suggested fix first; once the user
-        has tried it, call record_outcome with that run_id.
+        each with a learned confidence, and a run_id; and up to three earlier runs of this team with
+        the most similar error, with what fixed them (notes), also when no known problem matched.
+        Present the suggested fix (or a teammate's note) first; once the user has tried it, call
+        record_outcome with that run_id.
         """
         return app.diagnose(error_text=error_text, url=url, logs=logs, context=context, origin=origin, tenant=tenant())
 
@@ -182,14 +184,28 @@ def build_server(
             str,
             Field(description="The fix that was tried (the suggested_fix of the finding); optional."),
         ] = "",
+        note: Annotated[
+            str,
+            Field(
+                description="What fixed it, in the user's words (a sentence or two, at most 500 characters; "
+                "secrets are masked). Shown to the next teammate whose error is similar."
+            ),
+        ] = "",
     ) -> OutcomeResult:
         """Record whether the suggested fix worked, so that DevDiag learns which fixes to suggest.
 
         Call this after the user tried a fix from diagnose: give the run_id (or one finding_id) and
-        the resolution. Recording the same outcome again changes nothing.
+        the resolution, and a note of what fixed it when the user solved it another way. For an
+        unrecognised error, record 'manual' with a note: that is how the team remembers it.
+        Recording the same outcome again changes nothing.
         """
         return app.record_outcome(
-            resolution=resolution, run_id=run_id, finding_id=finding_id, fix_id=fix_id, tenant=tenant()
+            resolution=resolution,
+            run_id=run_id,
+            finding_id=finding_id,
+            fix_id=fix_id,
+            note=note or None,
+            tenant=tenant(),
         )
 
     @server.tool(

@@ -30,7 +30,7 @@ import psycopg
 from mcp.server.mcpserver.exceptions import ToolError
 
 from devdiag_db.db import DatabaseUnavailable
-from mcp_devdiag import classifier, details, probes, writer
+from mcp_devdiag import classifier, details, memory, probes, writer
 from mcp_devdiag.catalog import UNRECOGNISED, Catalog, Problem
 from mcp_devdiag.ids import uuid7
 from mcp_devdiag.learning import FixScore, Learner, explore, ranked
@@ -49,6 +49,7 @@ from mcp_devdiag.results import (
     RecentProblem,
     RecentResult,
     Resolution,
+    SimilarRun,
     SuggestResult,
 )
 from mcp_devdiag.settings import ServerSettings
@@ -140,6 +141,28 @@ def _suggestion(score: FixScore, found: dict[str, str] | None = None) -> FixSugg
     )
 
 
+def _similar_run(seen: memory.Remembered, now: datetime) -> SimilarRun:
+    return SimilarRun(
+        run_id=str(seen.run_id),
+        code=seen.code,
+        similarity=round(seen.similarity, 3),
+        times_seen=seen.runs,
+        last_seen=seen.seen_at.astimezone(UTC).isoformat(timespec="seconds"),
+        age=_age(now - seen.seen_at),
+        outcome=seen.resolution if writer.is_resolution(seen.resolution) else None,
+        note=seen.note,
+    )
+
+
+def _age(delta: timedelta) -> str:
+    seconds = max(int(delta.total_seconds()), 0)
+    for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60)):
+        if seconds >= size:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''} ago"
+    return "just now"
+
+
 def _uuid(name: str, value: str) -> uuid.UUID:
     try:
         return uuid.UUID(value.strip())
@@ -174,6 +197,7 @@ class DevDiag:
         self.recorder = recorder
         self.catalog = catalog
         self.learner = Learner(catalog)
+        self.memory = memory.Memory()
         self.rng = rng or random.Random()
 
     def _deadline(self) -> float:
@@ -230,13 +254,16 @@ class DevDiag:
         unrecognised = not codes and bool(raw_text or raw_logs or raw_context)
         if unrecognised:
             notes.append(
-                "no known problem matched: stored as unrecognised (not as a clean run); there is no outcome to record"
+                "no known problem matched: stored as unrecognised (not as a clean run); once it is solved, "
+                "record_outcome with resolution 'manual' and a note of what fixed it keeps that for the team"
             )
         found_context = _Context(found, captured, text, unrecognised)
         built: tuple[list[Finding], list[RunRow]] | None = None
-        # One connection for the ranking read and the write: the fewest round trips per call.
+        similar: list[memory.Remembered] = []
+        # One connection for the memory and ranking reads and the write: the fewest round trips per call.
         try:
             with self.recorder.session(tenant, deadline, replay=True) as session:
+                similar = self.memory.similar(session.conn, tenant, stored)  # before this run is remembered
                 scores = self.learner.scores(session.conn, tenant, codes) if codes else {}
                 built = self._build(tenant, run_id, now, codes, scores, found_context, stored, notes)
                 written = self.recorder.write_on(session, built[1])
@@ -261,6 +288,7 @@ class DevDiag:
             probe=probe,
             recorded=written.recorded,
             truncated=truncated or cut,
+            similar=[_similar_run(r, now) for r in similar],
             notes=notes,
         )
 
@@ -389,11 +417,17 @@ class DevDiag:
         run_id: str | None = None,
         finding_id: str | None = None,
         fix_id: str | None = None,
+        note: str | None = None,
         *,
         tenant: str | None = None,
     ) -> OutcomeResult:
         tenant = tenant or self.settings.tenant
         run_id, finding_id, fix_id = clean(run_id), clean(finding_id), clean(fix_id)
+        if note is not None and len(note) > 4 * memory.NOTE_CAP:
+            raise ToolError(
+                f"note is {len(note):,} characters: say in at most {memory.NOTE_CAP} what fixed it, not the whole log"
+            )
+        kept_note = memory.clean_note(clean(note))
         if (run_id is None) == (finding_id is None):
             raise ToolError("give exactly one of run_id (every problem of a run) or finding_id (one problem)")
         if not writer.is_resolution(resolution):
@@ -406,10 +440,12 @@ class DevDiag:
             if fix_id not in {f.id for p in self.catalog for f in p.fixes}:
                 raise ToolError(f"unknown fix_id {echo(fix_id, 80)}: pass a fix id from the diagnose result")
         at = datetime.now(UTC)
-        outcome = Outcome(resolution=resolution, at=at, fix_id=fix_id, tenant=tenant, **{key: str(target)})
+        outcome = Outcome(
+            resolution=resolution, at=at, fix_id=fix_id, tenant=tenant, note=kept_note, **{key: str(target)}
+        )
         try:
             with self.recorder.session(tenant, self._deadline(), replay=True) as session:
-                return self._record(session.conn, tenant, key, target, resolution, fix_id, at)
+                return self._record(session.conn, tenant, key, target, resolution, fix_id, at, kept_note)
         except _UnknownRun:
             # Another worker may be replaying the spool that holds this run right now (its rows not yet
             # committed): queued behind it, the outcome is applied once the run is in, or rejected at
@@ -421,6 +457,7 @@ class DevDiag:
                 recorded=written.recorded,
                 resolution=resolution,
                 updated=0,
+                note=kept_note,
                 notes=[f"outcome not in the database yet: {written.detail}"],
             )
         except DatabaseUnavailable as error:
@@ -429,6 +466,7 @@ class DevDiag:
                 recorded=written.recorded,
                 resolution=resolution,
                 updated=0,
+                note=kept_note,
                 notes=[f"outcome not in the database yet: {written.detail}"],
             )
 
@@ -441,20 +479,22 @@ class DevDiag:
         resolution: Resolution,
         fix_id: str | None,
         at: datetime,
+        note: str | None,
     ) -> OutcomeResult:
         column = "run_id" if key == "run_id" else "id"
         # Another tenant's run is "unknown" too: the answer does not tell whether it exists.
         select = (
-            f"select id, problem_code, fix_suggestion from devdiag.diag_run where {column} = %s and tenant_id = %s"
-            " order by id"
+            "select id, problem_code, fix_suggestion, run_id from devdiag.diag_run"
+            f" where {column} = %s and tenant_id = %s order by id"
         )
         rows = conn.execute(select, (target, tenant)).fetchall()
         if not rows:
             raise _UnknownRun(f"unknown {key} {target}: no run has it; pass the {key} that diagnose returned")
         problems = [r for r in rows if r[1] is not None and r[1] != UNRECOGNISED]
         if not problems:
-            what = "matched no known problem" if any(r[1] == UNRECOGNISED for r in rows) else "found no problem"
-            raise ToolError(f"{key} {target} is a run that {what}: there is no outcome to record")
+            if any(r[1] == UNRECOGNISED for r in rows):
+                return self._remember_unrecognised(conn, tenant, rows[0][3], resolution, at, note)
+            raise ToolError(f"{key} {target} is a run that found no problem: there is no outcome to record")
         if fix_id is not None:
             suggested = sorted({r[2] for r in problems if r[2]})
             problems = [r for r in problems if r[2] == fix_id]
@@ -474,6 +514,7 @@ class DevDiag:
             at=at,
             tenant=tenant,
         )
+        memory.note_outcome(conn, tenant=tenant, run_id=rows[0][3], resolution=resolution, note=note, at=at)
         ids = [r[0] for r in problems]
         after = conn.execute(
             "select id, problem_code, fix_suggestion, resolution from devdiag.diag_run where id = any(%s) order by id",
@@ -489,6 +530,7 @@ class DevDiag:
             recorded="database",
             resolution=resolution,
             updated=updated,
+            note=note,
             findings=[
                 OutcomeFinding(
                     finding_id=str(fid),
@@ -501,6 +543,22 @@ class DevDiag:
             ],
             notes=notes,
         )
+
+    @staticmethod
+    def _remember_unrecognised(
+        conn: psycopg.Connection, tenant: str, run_id: uuid.UUID, resolution: Resolution, at: datetime, note: str | None
+    ) -> OutcomeResult:
+        """An unrecognised run has no finding to credit: its outcome and note go to the team memory only."""
+        if resolution == "fixed":
+            raise ToolError(
+                "nothing was suggested for an unrecognised error, so no fix can be credited: record 'manual' "
+                "with a note of what fixed it (or 'failed')"
+            )
+        kept = memory.note_outcome(conn, tenant=tenant, run_id=run_id, resolution=resolution, note=note, at=at)
+        notes = ["kept in the team memory: the next similar error shows this outcome and note"]
+        if not kept:
+            notes = ["nothing kept: this run has no error text to recognise it by"]
+        return OutcomeResult(recorded="database", resolution=resolution, updated=0, note=note, notes=notes)
 
     # --- reading ----------------------------------------------------------------------------------
 

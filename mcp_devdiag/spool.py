@@ -41,7 +41,7 @@ from typing import IO, Any, BinaryIO
 import psycopg
 
 from devdiag_db.db import tenant_transaction
-from mcp_devdiag import safejson, writer
+from mcp_devdiag import memory, safejson, writer
 from mcp_devdiag.writer import RunRow
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,9 @@ class SpoolFull(Exception):
     """The spool reached its bound; the message says where and what to do."""
 
 
+_OUTCOME_FIELDS = frozenset({"resolution", "at", "fix_id", "run_id", "finding_id", "tenant", "note"})
+
+
 @dataclass(frozen=True)
 class Outcome:
     """A recorded outcome waiting for the database (the arguments of ``writer.record_outcome``)."""
@@ -72,6 +75,7 @@ class Outcome:
     finding_id: str | None = None
     fix_id: str | None = None
     tenant: str | None = None  # the caller's tenant: a replay changes only that tenant's runs
+    note: str | None = None  # what fixed it (already redacted and capped): kept in the team memory
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"resolution": self.resolution, "at": self.at.isoformat(), "fix_id": self.fix_id}
@@ -81,13 +85,17 @@ class Outcome:
             body["finding_id"] = self.finding_id
         if self.tenant is not None:
             body["tenant"] = self.tenant
+        if self.note is not None:
+            body["note"] = self.note
         return {"outcome": body}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Outcome:
         body = data.get("outcome")
-        if not isinstance(body, dict) or set(body) - {"resolution", "at", "fix_id", "run_id", "finding_id", "tenant"}:
-            raise ValueError("outcome line: expected {'outcome': {run_id|finding_id, resolution, fix_id, at, tenant}}")
+        if not isinstance(body, dict) or set(body) - _OUTCOME_FIELDS:
+            raise ValueError(
+                "outcome line: expected {'outcome': {run_id|finding_id, resolution, fix_id, at, tenant, note}}"
+            )
         at = body.get("at")
         try:
             at = datetime.fromisoformat(at) if isinstance(at, str) else None
@@ -105,6 +113,9 @@ class Outcome:
         tenant = body.get("tenant")
         if not _is_label(tenant):
             raise ValueError(f"outcome line: tenant {_short(tenant)} must be a tenant (text of 1 to 200 characters)")
+        note = body.get("note")
+        if note is not None and not (isinstance(note, str) and len(note) <= 4 * memory.NOTE_CAP):
+            raise ValueError(f"outcome line: note {_short(note)} must be text of at most {memory.NOTE_CAP} characters")
         resolution = body.get("resolution")
         outcome = cls(
             resolution=resolution if isinstance(resolution, str) else repr(resolution),
@@ -113,6 +124,7 @@ class Outcome:
             finding_id=body.get("finding_id"),
             fix_id=fix_id,
             tenant=tenant,
+            note=memory.clean_note(note),
         )
         outcome.apply_check()
         return outcome
@@ -126,7 +138,7 @@ class Outcome:
             raise ValueError("outcome line: at must carry a timezone")
 
     def apply(self, conn: psycopg.Connection) -> int:
-        return writer.record_outcome(
+        updated = writer.record_outcome(
             conn,
             run_id=self.run_id,
             finding_id=self.finding_id,
@@ -135,6 +147,16 @@ class Outcome:
             at=self.at,
             tenant=self.tenant,
         )
+        memory.note_outcome(
+            conn,
+            tenant=self.tenant,
+            run_id=self.run_id,
+            finding_id=self.finding_id,
+            resolution=self.resolution,
+            note=self.note,
+            at=self.at,
+        )
+        return updated
 
 
 def _is_label(value: Any) -> bool:

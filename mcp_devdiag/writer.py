@@ -17,6 +17,8 @@ Write path per batch (one transaction each):
   keys hold the distribution column), and diag_run has no other unique constraint.
 
 Both paths return the number of rows actually inserted, so loading the same rows twice adds 0.
+In the same transaction, the rows actually inserted are counted in the team memory
+(``memory.remember``): a replayed or reloaded run is neither stored nor remembered twice.
 On a connection that is already inside a transaction, batches become savepoints of it.
 
 Measured on the embedded PostgreSQL 16 (2 CPUs, all 9 indexes, UUIDv7 ids in time order,
@@ -41,6 +43,7 @@ import psycopg
 from psycopg import sql
 
 from devdiag_db.db import one_row, scalar
+from mcp_devdiag import memory
 from mcp_devdiag.catalog import UNRECOGNISED
 from mcp_devdiag.results import Resolution
 
@@ -67,7 +70,7 @@ _PG_TYPES = ("uuid", "uuid", "timestamptz", "text", "text", "text", "text", "flo
 _INSERT_SMALL = (
     f"insert into {TABLE} ({', '.join(COLUMNS)}) select * from unnest("
     + ", ".join(f"%s::{t}[]" for t in _PG_TYPES)
-    + ") on conflict do nothing returning 1"  # returning: Citus counts the rows it was sent, not those inserted
+    + ") on conflict do nothing returning id"  # returning: Citus counts the rows it was sent, not those inserted
 )
 _CODE_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _TEXT_LIMIT = 200  # tenant, environment, fix id: labels, not prose
@@ -249,14 +252,17 @@ def _batches(rows: Iterable[RunRow], size: int) -> Iterator[list[RunRow]]:
 
 
 def _write_batch(conn: psycopg.Connection, batch: list[RunRow]) -> int:
+    """One transaction: the rows, and the team memory of those actually inserted (a replayed row is
+    neither stored nor counted twice)."""
     if len(batch) <= SMALL_BATCH:
-        return _insert_small(conn, batch)
+        with conn.transaction():
+            return _remembered(conn, batch, _insert_small(conn, batch))
     with conn.transaction():
         if _after_max_id(conn, batch):
             try:
                 with conn.transaction():  # a savepoint: a clash undoes only the COPY
                     _copy(conn, TABLE, batch)
-                return len(batch)
+                return _remembered(conn, batch, None)
             except psycopg.errors.UniqueViolation:
                 pass  # a concurrent writer stored one of these ids first: take the conflict-safe path
         _ensure_stage(conn)
@@ -264,16 +270,30 @@ def _write_batch(conn: psycopg.Connection, batch: list[RunRow]) -> int:
         _copy(conn, STAGE, batch)
         cur = conn.execute(
             f"insert into {TABLE} ({', '.join(COLUMNS)}) select {', '.join(COLUMNS)} from {STAGE} "
-            "on conflict do nothing returning 1"  # the rows inserted, on Citus too (see _INSERT_SMALL)
+            "on conflict do nothing returning id"  # the rows inserted, on Citus too (see _INSERT_SMALL)
         )
-        return cur.rowcount
+        return _remembered(conn, batch, {row[0] for row in cur.fetchall()})
 
 
-def _insert_small(conn: psycopg.Connection, batch: list[RunRow]) -> int:
+def _remembered(conn: psycopg.Connection, batch: list[RunRow], inserted: set[uuid.UUID] | None) -> int:
+    """Remember the inserted rows of ``batch`` (all of them when ``inserted`` is None); their count."""
+    if inserted is None:
+        rows = batch
+    else:  # a duplicate within the batch was inserted once
+        first: dict[uuid.UUID, RunRow] = {}
+        for r in batch:
+            if r.id in inserted:
+                first.setdefault(r.id, r)
+        rows = list(first.values())
+    if rows:
+        memory.remember(conn, rows)
+    return len(rows)
+
+
+def _insert_small(conn: psycopg.Connection, batch: list[RunRow]) -> set[uuid.UUID]:
     """A run's few rows in one statement (one round trip; row-level security applies as to any insert)."""
     columns = list(zip(*(_values(r) for r in batch), strict=True))
-    with conn.transaction():
-        return conn.execute(_INSERT_SMALL, [list(c) for c in columns]).rowcount
+    return {row[0] for row in conn.execute(_INSERT_SMALL, [list(c) for c in columns]).fetchall()}
 
 
 def _after_max_id(conn: psycopg.Connection, batch: list[RunRow]) -> bool:

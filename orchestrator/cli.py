@@ -382,6 +382,7 @@ def _demo(where: config.ConnectionSettings, runs: int, seed: int) -> tuple[list[
 
 from orchestrator.alerts import alerts  # noqa: E402
 from orchestrator.backup import backup  # noqa: E402
+from orchestrator.catalog import catalog  # noqa: E402
 from orchestrator.cluster import cluster  # noqa: E402
 from orchestrator.cron import cron  # noqa: E402
 from orchestrator.drill import drill  # noqa: E402
@@ -395,6 +396,6 @@ from orchestrator.tokens import role, token  # noqa: E402
 
 for command in (
     *(retention, backup, restore, drill, alerts, cron, review, capacity, perf, grafana, flush, load),
-    *(serve, token, role, cluster),
+    *(serve, token, role, cluster, catalog),
 ):
     main.add_command(command)

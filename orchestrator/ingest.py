@@ -65,7 +65,7 @@ from psycopg import sql
 
 from devdiag_db import config
 from devdiag_db.db import DatabaseUnavailable, connect, scalar
-from mcp_devdiag import safejson
+from mcp_devdiag import memory, safejson
 from mcp_devdiag.spool import MAX_DEPTH, MAX_LINE_BYTES, Outcome, ReplayReport, Spool, parse_line, read_lines, too_long
 from mcp_devdiag.writer import COLUMNS, ERROR_MSG_CAP, RESOLUTIONS, RunRow
 from orchestrator.progress import Progress
@@ -95,6 +95,7 @@ class LoadResult:
     inserted: int = 0
     outcomes: int = 0
     outcomes_applied: int = 0
+    signatures: int = 0  # team-memory signatures the loaded runs counted under
     bad_lines: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     strict: bool = False
@@ -631,6 +632,7 @@ def load_file(
     """
     result = LoadResult(file=file, strict=strict)
     started = time.perf_counter()
+    since = scalar(conn, "select clock_timestamp()")
     outer = conn.transaction() if strict else contextlib.nullcontext()
     try:
         with (
@@ -651,6 +653,11 @@ def load_file(
             Loader(conn, result, batch_size=batch_size, extra=more).run(lines, progress)
             if strict and result.bad_lines:
                 raise StrictAbort
+            if result.inserted:
+                # Grouped once after the load: the rows' distinct texts, not every row, are normalised.
+                # (A live run written while the load ran is counted again: runs is a count for display.)
+                with conn.transaction():
+                    result.signatures = memory.remember_since(conn, since)
     except StrictAbort:
         result.loaded, result.inserted, result.outcomes_applied = False, 0, 0
     result.seconds = time.perf_counter() - started

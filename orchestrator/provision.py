@@ -15,8 +15,9 @@ from devdiag_db.db import connect
 from orchestrator import dbt
 from orchestrator.secrets import ROLE_ENV, role_password, scram_verifier
 
-# pg_stat_statements: the runbook's slow-query review (`devdiag perf`); pg_trgm: similarity of error texts.
-# In schema public, where the runbook's unqualified `from pg_stat_statements` finds it.
+# pg_stat_statements: the runbook's slow-query review (`devdiag perf`); pg_trgm: the team memory's
+# similarity of error signatures. In schema public, where the runbook's unqualified
+# `from pg_stat_statements` finds it.
 EXTENSIONS = ("pg_stat_statements", "pg_trgm")
 
 
@@ -48,10 +49,11 @@ def setup(conn_settings: ConnectionSettings, *, citus: bool = False) -> SetupRep
     the database, or ``citus`` asks for it) the distributed layout too (macros/citus.sql)."""
     if citus:
         require_citus(conn_settings)
+    with connect(conn_settings) as conn:  # first: the raw schema's indexes use them
+        extensions, missing = create_extensions(conn)
     dbt.run_operation(conn_settings, "devdiag_setup")
     with connect(conn_settings) as conn:
         _utc_days(conn, conn_settings.dbname)
-        extensions, missing = create_extensions(conn)
         untracked(conn)
         for role in ROLE_ENV:
             verifier = scram_verifier(role_password(role))

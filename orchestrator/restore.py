@@ -287,7 +287,7 @@ def _tables_with_rows(conn: psycopg.Connection) -> list[str]:
     ).fetchall()
     filled = []
     for schema, table in tables:
-        if schema == SCHEMA and table != "diag_run":
+        if schema == SCHEMA and table not in ("diag_run", "error_memory"):
             continue  # the fix catalog and dbt's tables: `devdiag setup` and `devdiag build` remake them
         # `select 1`: Citus refuses an empty select list over a distributed table
         query = sql.SQL("select exists (select 1 from {})").format(sql.Identifier(schema, table))

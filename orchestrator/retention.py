@@ -76,6 +76,7 @@ class RetentionReport:
     batches: int
     vacuumed: bool
     seconds: float
+    memory_deleted: int = 0  # team-memory signatures last seen before the cutoff (their notes with them)
 
     def as_json(self) -> dict[str, object]:
         return {**asdict(self), "cutoff": self.cutoff.isoformat(), "seconds": round(self.seconds, 3)}
@@ -101,10 +102,12 @@ def run_retention(
         expired = scalar(conn, "select count(*) from devdiag.diag_run where ts < %s", (cutoff,))
         with Progress("retention", total=expired, quiet=quiet) as progress:
             deleted, kept, batches = _delete_in_batches(conn, cutoff, batch_rows, progress)
+            # The team memory keeps no error longer than its runs: a signature not seen since the cutoff goes.
+            forgotten = conn.execute("delete from devdiag.error_memory where last_seen < %s", (cutoff,)).rowcount
             progress.step("vacuum analyze")
             # Outside any transaction (autocommit); takes no lock that blocks inserts or updates.
             conn.execute("vacuum analyze devdiag.diag_run")
-    return RetentionReport(days, cutoff, False, deleted, kept, batches, True, time.monotonic() - started)
+    return RetentionReport(days, cutoff, False, deleted, kept, batches, True, time.monotonic() - started, forgotten)
 
 
 def _delete_in_batches(

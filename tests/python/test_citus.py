@@ -120,7 +120,8 @@ def test_raw_table_is_distributed_and_the_tenant_tables_co_located(built):
     assert layout["devdiag.fix_catalog"].startswith("n:")
     raw = layout["devdiag.diag_run"]
     assert raw.startswith("h:")
-    assert {t.removeprefix("devdiag.") for t, kind in layout.items() if kind == raw} == {"diag_run", *PER_TENANT_TABLES}
+    colocated = {t.removeprefix("devdiag.") for t, kind in layout.items() if kind == raw}
+    assert colocated == {"diag_run", "error_memory", *PER_TENANT_TABLES}
     assert placements == (2,)
     assert key == ("PRIMARY KEY (id, tenant_id)",)
 
@@ -267,6 +268,46 @@ def test_the_mcp_server_diagnoses_and_learns_on_the_cluster(built, tmp_path):
         assert conn.execute(
             "select tenant_id, resolution from devdiag.diag_run where run_id = %s", (run["run_id"],)
         ).fetchall() == [("acme", "fixed")]
+
+
+def test_the_team_memory_answers_within_its_tenant_on_the_workers(built, tmp_path):
+    import random
+
+    from mcp_devdiag.catalog import load_catalog
+    from mcp_devdiag.recorder import Recorder
+    from mcp_devdiag.service import DevDiag
+    from mcp_devdiag.settings import DatabaseTarget, ServerSettings
+    from mcp_devdiag.spool import Spool
+    from orchestrator.secrets import role_password
+
+    writer = ConnectionSettings(
+        {**built.params, "host": "127.0.0.1", "user": "devdiag_writer", "password": role_password("devdiag_writer")}
+    )
+
+    def service(tenant: str) -> DevDiag:
+        settings = ServerSettings(
+            tenant=tenant, environment="linux/rust", database=DatabaseTarget(writer), spool_dir=tmp_path / tenant
+        )
+        return DevDiag(
+            settings, Recorder(settings.database, Spool(settings.spool_dir)), load_catalog(), rng=random.Random(1)
+        )
+
+    acme, globex = service("acme"), service("globex")
+    try:
+        first = acme.diagnose(error_text="error[E0499]: cannot borrow `items` as mutable more than once at a time")
+        acme.record_outcome("manual", run_id=first.run_id, note="cloned it first")
+        second = acme.diagnose(error_text="error[E0499]: cannot borrow `self.pool` as mutable more than once at a time")
+        assert [(s.run_id, s.note, s.outcome) for s in second.similar] == [(first.run_id, "cloned it first", "manual")]
+        assert (
+            globex.diagnose(error_text="error[E0499]: cannot borrow `x` as mutable more than once at a time").similar
+            == []
+        )
+        assert second.recorded == "database"
+    finally:
+        acme.recorder.close()
+        globex.recorder.close()
+    with connect(writer) as conn, tenant_transaction(conn, "acme"):
+        assert conn.execute("select count(distinct tenant_id) from devdiag.error_memory").fetchone() == (1,)
 
 
 def test_a_tenants_own_grafana_role_is_refused_in_one_line(built):

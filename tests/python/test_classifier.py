@@ -19,6 +19,10 @@ from mcp_devdiag.classifier import EVIDENCE_MAX_CHARS, MAX_INPUT_CHARS, Finding,
 CORPUS_FILE = Path(__file__).parent / "data" / "error_corpus.yaml"
 MIN_PRECISION = 0.95
 MIN_RECALL = 0.90
+# Corpus breadth (issue #14 item 6): every code is shown as several clients print it, plus near misses.
+MIN_EXAMPLES_PER_CODE = 6
+MIN_CLIENTS_PER_CODE = 3
+MIN_NEAR_MISSES = 120
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +30,19 @@ def corpus() -> list[dict[str, Any]]:
     return yaml.safe_load(CORPUS_FILE.read_text(encoding="utf-8"))["items"]
 
 
+@pytest.fixture(scope="module")
+def predictions(corpus: list[dict[str, Any]]) -> list[str]:
+    """Each item's first finding's code, or none."""
+    return [(codes(item["text"])[:1] or ["none"])[0] for item in corpus]
+
+
 def codes(text: str) -> list[str]:
     return [f.code for f in classify(text)]
+
+
+def client(item: dict[str, Any]) -> str:
+    """The program that printed the text: a corpus `source` reads "<client>, <detail>"."""
+    return item["source"].split(",")[0].strip().lower()
 
 
 def evaluate(items: list[dict[str, Any]]) -> tuple[float, float, int, int, int]:
@@ -49,7 +64,7 @@ def evaluate(items: list[dict[str, Any]]) -> tuple[float, float, int, int, int]:
 
 def test_corpus_shape(corpus: list[dict[str, Any]]) -> None:
     catalog = load_catalog()
-    assert len(corpus) >= 150
+    assert len(corpus) >= 650
     labels = Counter(item["expected"] for item in corpus)
     assert labels["none"] >= 25
     assert set(labels) - {"none"} <= set(catalog.problems), "corpus uses codes missing from the catalog"
@@ -60,6 +75,49 @@ def test_corpus_shape(corpus: list[dict[str, Any]]) -> None:
 def test_every_catalog_code_has_a_labelled_example(corpus: list[dict[str, Any]]) -> None:
     labelled = {item["expected"] for item in corpus}
     assert [p.code for p in load_catalog() if p.code not in labelled] == []
+
+
+def test_every_catalog_code_is_shown_as_several_clients_print_it(corpus: list[dict[str, Any]]) -> None:
+    examples: Counter[str] = Counter(item["expected"] for item in corpus)
+    clients: dict[str, set[str]] = {}
+    for item in corpus:
+        clients.setdefault(item["expected"], set()).add(client(item))
+    thin = {
+        p.code: (examples[p.code], sorted(clients.get(p.code, ())))
+        for p in load_catalog()
+        if examples[p.code] < MIN_EXAMPLES_PER_CODE or len(clients.get(p.code, ())) < MIN_CLIENTS_PER_CODE
+    }
+    assert thin == {}, "codes with too few examples or clients (count, clients)"
+
+
+def test_corpus_has_near_misses(corpus: list[dict[str, Any]]) -> None:
+    """Texts that share words with a code but must not match it (labelled none)."""
+    near_misses = [item for item in corpus if item["expected"] == "none"]
+    assert len(near_misses) >= MIN_NEAR_MISSES
+    # they cover the ecosystems, not one corner: many distinct clients
+    assert len({client(item) for item in near_misses}) >= MIN_NEAR_MISSES // 2
+
+
+def test_per_code_precision_and_recall_meet_the_bar(corpus: list[dict[str, Any]], predictions: list[str]) -> None:
+    """Every code with enough examples meets the bars on its own, not only on average."""
+    tp: Counter[str] = Counter()
+    fp: Counter[str] = Counter()
+    for item, predicted in zip(corpus, predictions, strict=True):
+        if predicted == item["expected"]:
+            tp[predicted] += 1
+        elif predicted != "none":
+            fp[predicted] += 1
+    examples = Counter(item["expected"] for item in corpus)
+    below = {}
+    for code, n in examples.items():
+        if code == "none" or n < MIN_EXAMPLES_PER_CODE:
+            continue
+        recall, precision = tp[code] / n, tp[code] / ((tp[code] + fp[code]) or 1)
+        if recall < MIN_RECALL or precision < MIN_PRECISION:
+            below[code] = (round(precision, 3), round(recall, 3))
+    assert below == {}, "codes below the bar (precision, recall)"
+    # a code nobody labelled cannot be predicted correctly: its every prediction is a false positive
+    assert not {code for code in fp if examples[code] == 0}
 
 
 def test_corpus_has_messy_items(corpus: list[dict[str, Any]]) -> None:

@@ -260,7 +260,7 @@ def test_record_outcome_by_finding_id_touches_one_finding(make, pg):
         ({"run_id": "RUN", "resolution": "worked"}, "'fixed', 'manual' or 'failed'"),
         ({"run_id": "RUN", "resolution": "fixed", "fix_id": "no-such-fix"}, "unknown fix_id"),
         ({"run_id": "RUN", "resolution": "fixed", "fix_id": "cors-allow-origin"}, "was not the suggested fix"),
-        ({"run_id": "CLEAN", "resolution": "manual"}, "matched no known problem"),
+        ({"run_id": "CLEAN", "resolution": "fixed"}, "nothing was suggested for an unrecognised error"),
     ],
 )
 def test_record_outcome_refuses_what_it_cannot_record(make, pg, args, needle):
@@ -442,8 +442,12 @@ def test_an_unknown_error_is_stored_as_unrecognised_not_clean(make, pg):
     assert any("unrecognised" in note for note in result["notes"])
     (row,) = rows_of(pg, result["run_id"])
     assert row["problem_code"] == "UNRECOGNISED" and row["fix_suggestion"] is None and row["error_msg"]
-    needle = "matched no known problem"
-    assert needle in error_text(server, "record_outcome", {"run_id": result["run_id"], "resolution": "manual"})
+    needle = "nothing was suggested for an unrecognised error"
+    assert needle in error_text(server, "record_outcome", {"run_id": result["run_id"], "resolution": "fixed"})
+    # solved by hand: the outcome and its note go to the team memory; the raw row keeps no outcome
+    kept = ok(server, "record_outcome", {"run_id": result["run_id"], "resolution": "manual", "note": "cloned v"})
+    assert kept["updated"] == 0 and kept["note"] == "cloned v" and "team memory" in kept["notes"][0]
+    assert rows_of(pg, result["run_id"])[0]["resolution"] is None
 
 
 def test_unrecognised_runs_are_counted_alike_by_health_checks_panels_and_review(pg, tmp_path):
