@@ -90,3 +90,8 @@ def one_row(conn: psycopg.Connection, query: Query, params: Params | None = None
 def scalar(conn: psycopg.Connection, query: Query, params: Params | None = None) -> Any:
     """The first column of ``one_row``: ``count(*)``, ``exists (...)``, ``show ...``."""
     return one_row(conn, query, params)[0]
+
+
+def is_citus(conn: psycopg.Connection) -> bool:
+    """Whether the citus extension is in this database (a Citus coordinator: the layout differs)."""
+    return bool(scalar(conn, "select exists (select from pg_extension where extname = 'citus')"))

@@ -436,14 +436,23 @@ class Remembered:
     resolved_at: datetime | None
 
 
+_RANKED = 32  # candidates that share the most keys, ranked by similarity (the near ones share many)
+_SHARED = " + ".join(f"(lsh[{i}] = (%(keys)s::integer[])[{i}])::integer" for i in range(1, _MINHASH_KEYS + 1))
 _SIMILAR = f"""
     select coalesce(outcome_run_id, last_run_id), coalesce(problem_code, %(unrecognised)s), sim, runs, last_seen,
            resolution, note, resolved_at
     from (
         select *, similarity(signature, %(signature)s) as sim
-        from {TABLE}
-        where tenant_id = %(tenant)s and lsh && %(keys)s::integer[]
-    ) as candidates
+        from (
+            -- key i is the minimum of hash i over the words: equal keys at one position estimate the
+            -- words' Jaccard similarity, so a common word's crowd (one shared key) ranks last, cheaply
+            select *, {_SHARED} as shared
+            from {TABLE}
+            where tenant_id = %(tenant)s and lsh && %(keys)s::integer[]
+            order by shared desc, last_seen desc
+            limit {_RANKED}
+        ) as candidates
+    ) as ranked
     where sim >= %(min_similarity)s
     order by sim desc, last_seen desc
     limit %(limit)s

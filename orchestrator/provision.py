@@ -11,7 +11,7 @@ import psycopg
 from psycopg import sql
 
 from devdiag_db.config import ConnectionSettings
-from devdiag_db.db import connect
+from devdiag_db.db import connect, is_citus
 from orchestrator import dbt
 from orchestrator.secrets import ROLE_ENV, role_password, scram_verifier
 
@@ -87,7 +87,7 @@ def require_citus(conn_settings: ConnectionSettings) -> None:
 
 def citus_layout(conn: psycopg.Connection) -> CitusLayout | None:
     """The distributed layout of schema devdiag, None where Citus is not installed in the database."""
-    if conn.execute("select from pg_extension where extname = 'citus'").fetchone() is None:
+    if not is_citus(conn):
         return None
     tables = conn.execute(
         "select logicalrelid::regclass::text, partmethod from pg_dist_partition "

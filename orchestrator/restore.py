@@ -43,7 +43,7 @@ import psycopg
 from psycopg import Copy, pq, sql
 
 from devdiag_db.config import SCHEMA, ConnectionSettings
-from devdiag_db.db import DatabaseUnavailable, connect, one_row, scalar
+from devdiag_db.db import DatabaseUnavailable, connect, is_citus, one_row, scalar
 from orchestrator.backup import (
     _COPY_RE,
     CHUNK,
@@ -260,7 +260,7 @@ def _schemas_to_replace(target: ConnectionSettings, contents: DumpContents, forc
             r[0] for r in conn.execute("select quote_ident(nspname) from pg_namespace where nspname <> 'public'")
         }
         replaced = [s for s in contents.objects["schemas"] if s in existing]
-        if replaced and conn.execute("select from pg_extension where extname = 'citus'").fetchone() is not None:
+        if replaced and is_citus(conn):
             distributed = [
                 r[0]
                 for r in conn.execute(
@@ -335,7 +335,7 @@ def _roles_on_citus_workers(admin: psycopg.Connection, roles: list[str]) -> None
     """On a Citus coordinator, a role made while connected to a database without citus (the drill's
     scratch one) exists on the coordinator only, and the next `alter role` here, which Citus sends to
     every worker, would fail there: create the missing ones (NOLOGIN; the alter sets the rest)."""
-    if admin.execute("select from pg_extension where extname = 'citus'").fetchone() is None:
+    if not is_citus(admin):
         return
     for name in roles:
         command = sql.SQL(
@@ -573,7 +573,7 @@ def _stream(
     conn.add_notice_handler(
         lambda d: warnings.append(d.message_primary or "") if d.severity_nonlocalized == "WARNING" else None
     )
-    if conn.execute("select from pg_extension where extname = 'citus'").fetchone() is not None:
+    if is_citus(conn):
         # Citus would send the backup's DDL to the workers, first making sure of its owner role there,
         # which this role may not: the tables are the coordinator's until setup distributes diag_run
         conn.execute("set citus.enable_ddl_propagation = off")

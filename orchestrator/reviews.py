@@ -26,7 +26,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from devdiag_db.config import ConnectionSettings
-from devdiag_db.db import DatabaseUnavailable, Query, connect
+from devdiag_db.db import DatabaseUnavailable, Query, connect, is_citus
 
 GIB = 1024**3
 CAPACITY_WARNING_BYTES = 5 * GIB
@@ -340,7 +340,7 @@ def extrapolate_12_months(size_bytes: int, data_days: float | None) -> int | Non
 def capacity_report(settings: ConnectionSettings, thresholds: Thresholds | None = None) -> dict[str, Any]:
     thresholds = thresholds or Thresholds()
     with connect(settings) as conn:
-        citus = conn.execute("select from pg_extension where extname = 'citus'").fetchone() is not None
+        citus = is_citus(conn)
         size = _query(conn, DATABASE_SIZE_CITUS if citus else DATABASE_SIZE)[0]
         span = _query(conn, DATA_SPAN)[0]
         growth = _query(conn, MONTHLY_GROWTH)
