@@ -76,11 +76,23 @@ def test_the_sdk_client_lists_the_tools_and_runs_diagnose_outcome_suggest(served
             names = {tool.name for tool in (await client.list_tools()).tools}
             diagnosed = await client.call_tool("diagnose", {"error_text": PORT_ERROR})
             run_id = diagnosed.structured_content["run_id"]
-            outcome = await client.call_tool("record_outcome", {"run_id": run_id, "resolution": "fixed"})
+            note = "a stale dev server held the port: killed it"
+            outcome = await client.call_tool("record_outcome", {"run_id": run_id, "resolution": "fixed", "note": note})
             suggested = await client.call_tool("suggest_fixes", {"problem_code": "PORT_IN_USE"})
-            return names, diagnosed.structured_content, outcome.structured_content, suggested.structured_content
+            again = await client.call_tool("diagnose", {"error_text": PORT_ERROR.replace("3000", "8080")})
+            return (
+                names,
+                diagnosed.structured_content,
+                outcome.structured_content,
+                suggested.structured_content,
+                again.structured_content,
+            )
 
-    names, diagnosed, outcome, suggested = asyncio.run(session())
+    names, diagnosed, outcome, suggested, again = asyncio.run(session())
+    # the team memory: the next similar error brings the run, its outcome and its note (schema-checked by the client)
+    remembered = next(s for s in again["similar"] if s["run_id"] == diagnosed["run_id"])
+    assert (remembered["code"], remembered["outcome"]) == ("PORT_IN_USE", "fixed")
+    assert remembered["note"] == outcome["note"] == "a stale dev server held the port: killed it"
     assert names == TOOLS
     assert diagnosed["tenant"] == tenant_a and diagnosed["recorded"] == "database"
     assert [f["code"] for f in diagnosed["findings"]] == ["PORT_IN_USE"]
@@ -180,6 +192,10 @@ def test_a_token_reaches_only_its_own_tenant(served, pg, tenant_a, tenant_b, tok
     if "run_id" in a_run:
         assert stored[a_run["run_id"]] == [(tenant_a, None)]
     assert "DOCKER_SOCKET_PERMISSION" not in {p["code"] for p in recent["problems"]}
+    # and the team memory: A diagnosing B's error is offered none of B's runs
+    with httpx2.Client(timeout=30) as client:
+        _, a_docker = call(client, served.url, token_a, "diagnose", {"error_text": DOCKER_ERROR})
+    assert b_run["run_id"] not in {s["run_id"] for s in a_docker["similar"]}
     assert "DOCKER_SOCKET_PERMISSION" in {p["code"] for p in recent_b["problems"]}
 
 
