@@ -252,17 +252,17 @@ def remember(conn: psycopg.Connection, rows: Iterable[Written]) -> int:
         runs.setdefault(row.run_id, row)
     groups = _Groups()
     for run in runs.values():
-        at = (run.ts, run.ts)
         groups.add(
             run.tenant_id,
             run.error_msg,
             run.problem_code,
-            1,
-            *at,
-            run.run_id,
-            run.run_id,
-            run.resolution,
-            run.resolved_at,
+            runs=1,
+            first=run.ts,
+            last=run.ts,
+            run_id=run.run_id,
+            outcome_run=run.run_id,
+            resolution=run.resolution,
+            resolved_at=run.resolved_at,
         )
     return groups.upsert(conn)
 
