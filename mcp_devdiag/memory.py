@@ -32,6 +32,7 @@ from mcp_devdiag.redaction import redact
 
 TABLE = "devdiag.error_memory"
 NOTE_CAP = 500  # characters of a user's note: what fixed it, not a log
+NOTE_REFUSED = 4 * NOTE_CAP  # longer than this, a note is a pasted log: refused, not cut
 SIGNATURE_CAP = 300
 SIMILAR_LIMIT = 3
 # Below this trigram similarity a remembered error is another error (benchmarks/memory.py).
@@ -292,12 +293,29 @@ def remember_since(conn: psycopg.Connection, since: datetime, tenant: str | None
     return groups.upsert(conn)
 
 
+@dataclass(slots=True)
+class _Group:
+    """The runs of one (tenant, signature) in a batch, as ``_UPSERT`` takes them (in this order)."""
+
+    code: str | None  # of the latest run
+    runs: int
+    first_seen: datetime
+    last_seen: datetime
+    last_run: uuid.UUID
+    outcome_run: uuid.UUID | None  # the latest outcome's run, resolution and time
+    resolution: str | None
+    resolved_at: datetime | None
+
+    def columns(self) -> tuple:
+        return (self.code, self.runs, self.first_seen, self.last_seen, self.last_run, self.outcome_run,
+                self.resolution, self.resolved_at)  # fmt: skip
+
+
 class _Groups:
-    """Runs by (tenant, signature): [code of the latest, runs, first seen, last seen, latest run,
-    run of the latest outcome, its resolution, when it was recorded]."""
+    """Runs by (tenant, signature), merged, for one upsert."""
 
     def __init__(self) -> None:
-        self.groups: dict[tuple[str, str], list] = {}
+        self.groups: dict[tuple[str, str], _Group] = {}
         self.signatures: dict[str, str | None] = {}  # a load repeats texts: normalise each once
 
     def add(
@@ -321,17 +339,20 @@ class _Groups:
             sig = self.signatures[text] = signature(text)
         if sig is None:
             return
-        outcome = [outcome_run, resolution, resolved_at] if resolved_at is not None else [None, None, None]
+        if resolved_at is None:
+            outcome_run = resolution = None
         group = self.groups.get((tenant, sig))
         if group is None:
-            self.groups[(tenant, sig)] = [code, int(runs), first, last, run_id, *outcome]
+            self.groups[(tenant, sig)] = _Group(
+                code, int(runs), first, last, run_id, outcome_run, resolution, resolved_at
+            )
             return
-        group[1] += int(runs)
-        group[2] = min(group[2], first)
-        if (last, run_id.int) >= (group[3], group[4].int):
-            group[0], group[3], group[4] = code, last, run_id
-        if resolved_at is not None and (group[7] is None or resolved_at > group[7]):
-            group[5:8] = outcome
+        group.runs += int(runs)
+        group.first_seen = min(group.first_seen, first)
+        if (last, run_id.int) >= (group.last_seen, group.last_run.int):
+            group.code, group.last_seen, group.last_run = code, last, run_id
+        if resolved_at is not None and (group.resolved_at is None or resolved_at > group.resolved_at):
+            group.outcome_run, group.resolution, group.resolved_at = outcome_run, resolution, resolved_at
 
     def upsert(self, conn: psycopg.Connection) -> int:
         if not self.groups:
@@ -344,7 +365,7 @@ class _Groups:
                 [tenant for (tenant, _), _ in ordered],
                 [sig for (_, sig), _ in ordered],
                 ["{" + ",".join(map(str, keys(*key))) + "}" for key, _ in ordered],  # int[][] would unnest flat
-                *([group[c] for _, group in ordered] for c in range(8)),
+                *map(list, zip(*(group.columns() for _, group in ordered), strict=True)),
             ),
         )
         return len(ordered)

@@ -423,7 +423,7 @@ class DevDiag:
     ) -> OutcomeResult:
         tenant = tenant or self.settings.tenant
         run_id, finding_id, fix_id = clean(run_id), clean(finding_id), clean(fix_id)
-        if note is not None and len(note) > 4 * memory.NOTE_CAP:
+        if note is not None and len(note) > memory.NOTE_REFUSED:
             raise ToolError(
                 f"note is {len(note):,} characters: say in at most {memory.NOTE_CAP} what fixed it, not the whole log"
             )
@@ -513,8 +513,8 @@ class DevDiag:
             fix_id=fix_id,
             at=at,
             tenant=tenant,
+            note=note,
         )
-        memory.note_outcome(conn, tenant=tenant, run_id=rows[0][3], resolution=resolution, note=note, at=at)
         ids = [r[0] for r in problems]
         after = conn.execute(
             "select id, problem_code, fix_suggestion, resolution from devdiag.diag_run where id = any(%s) order by id",

@@ -114,7 +114,7 @@ class Outcome:
         if not _is_label(tenant):
             raise ValueError(f"outcome line: tenant {_short(tenant)} must be a tenant (text of 1 to 200 characters)")
         note = body.get("note")
-        if note is not None and not (isinstance(note, str) and len(note) <= 4 * memory.NOTE_CAP):
+        if note is not None and not (isinstance(note, str) and len(note) <= memory.NOTE_REFUSED):
             raise ValueError(f"outcome line: note {_short(note)} must be text of at most {memory.NOTE_CAP} characters")
         resolution = body.get("resolution")
         outcome = cls(
@@ -138,7 +138,7 @@ class Outcome:
             raise ValueError("outcome line: at must carry a timezone")
 
     def apply(self, conn: psycopg.Connection) -> int:
-        updated = writer.record_outcome(
+        return writer.record_outcome(
             conn,
             run_id=self.run_id,
             finding_id=self.finding_id,
@@ -146,17 +146,8 @@ class Outcome:
             fix_id=self.fix_id,
             at=self.at,
             tenant=self.tenant,
-        )
-        memory.note_outcome(
-            conn,
-            tenant=self.tenant,
-            run_id=self.run_id,
-            finding_id=self.finding_id,
-            resolution=self.resolution,
             note=self.note,
-            at=self.at,
         )
-        return updated
 
 
 def _is_label(value: Any) -> bool:

@@ -362,6 +362,7 @@ def record_outcome(
     fix_id: str | None = None,
     at: datetime,
     tenant: str | None = None,
+    note: str | None = None,
 ) -> int:
     """Record the outcome of a run's findings (or of one finding); returns the rows changed.
 
@@ -373,6 +374,8 @@ def record_outcome(
       first time it was recorded).
     - The latest outcome wins: a different resolution overwrites one recorded earlier than ``at``;
       one recorded later than ``at`` is kept, so replaying a spool out of order converges.
+    - The outcome that stands, and ``note`` (already redacted and capped), go to the team memory
+      with the run's error signature (``memory.note_outcome``): live, replayed and loaded alike.
     """
     if (run_id is None) == (finding_id is None):
         raise ValueError("record_outcome: give exactly one of run_id or finding_id")
@@ -402,5 +405,8 @@ def record_outcome(
             "tenant": tenant,
             "unrecognised": UNRECOGNISED,
         },
+    )
+    memory.note_outcome(
+        conn, tenant=tenant, run_id=run_id, finding_id=finding_id, resolution=resolution, note=note, at=at
     )
     return cur.rowcount

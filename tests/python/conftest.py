@@ -83,3 +83,30 @@ def own_database(pg, name: str, *, setup: bool = True) -> Iterator:
     finally:
         with psycopg.connect(pg.conninfo(dbname="postgres"), autocommit=True) as admin:
             admin.execute(drop)
+
+
+def login(db, role: str):
+    """``db``'s settings as ``role`` over its own TCP password login (what a real client of that role uses)."""
+    from devdiag_db import embedded
+    from devdiag_db.config import ConnectionSettings
+    from orchestrator.secrets import role_password
+
+    tcp = embedded.tcp_settings(role, role_password(role))
+    return ConnectionSettings({**tcp.params, "dbname": db.dbname}, embedded=True)
+
+
+def tenant_service(target, spool_root: Path, tenant: str, *, environment: str = "linux/python-3.12", seed: int = 2):
+    """The MCP tools' service for one tenant on ``target``, with its own spool under ``spool_root``."""
+    import random
+
+    from mcp_devdiag.catalog import load_catalog
+    from mcp_devdiag.recorder import Recorder
+    from mcp_devdiag.service import DevDiag
+    from mcp_devdiag.settings import DatabaseTarget, ServerSettings
+    from mcp_devdiag.spool import Spool
+
+    settings = ServerSettings(
+        tenant=tenant, environment=environment, database=DatabaseTarget(target), spool_dir=spool_root / tenant
+    )
+    recorder = Recorder(settings.database, Spool(settings.spool_dir, settings.spool_max_bytes))
+    return DevDiag(settings, recorder, load_catalog(), rng=random.Random(seed))

@@ -271,26 +271,15 @@ def test_the_mcp_server_diagnoses_and_learns_on_the_cluster(built, tmp_path):
 
 
 def test_the_team_memory_answers_within_its_tenant_on_the_workers(built, tmp_path):
-    import random
-
-    from mcp_devdiag.catalog import load_catalog
-    from mcp_devdiag.recorder import Recorder
-    from mcp_devdiag.service import DevDiag
-    from mcp_devdiag.settings import DatabaseTarget, ServerSettings
-    from mcp_devdiag.spool import Spool
     from orchestrator.secrets import role_password
+    from tests.python.conftest import tenant_service
 
     writer = ConnectionSettings(
         {**built.params, "host": "127.0.0.1", "user": "devdiag_writer", "password": role_password("devdiag_writer")}
     )
 
-    def service(tenant: str) -> DevDiag:
-        settings = ServerSettings(
-            tenant=tenant, environment="linux/rust", database=DatabaseTarget(writer), spool_dir=tmp_path / tenant
-        )
-        return DevDiag(
-            settings, Recorder(settings.database, Spool(settings.spool_dir)), load_catalog(), rng=random.Random(1)
-        )
+    def service(tenant: str):
+        return tenant_service(writer, tmp_path, tenant, environment="linux/rust", seed=1)
 
     acme, globex = service("acme"), service("globex")
     try:

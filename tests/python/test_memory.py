@@ -9,7 +9,6 @@ run is not counted twice; loads, retention and `devdiag catalog gaps` keep the m
 from __future__ import annotations
 
 import json
-import random
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,19 +19,15 @@ import pytest
 from click.testing import CliRunner
 from mcp.server.mcpserver.exceptions import ToolError
 
-from devdiag_db import embedded
 from devdiag_db.config import ConnectionSettings
 from devdiag_db.db import connect, tenant_transaction
 from mcp_devdiag import memory
-from mcp_devdiag.catalog import UNRECOGNISED, load_catalog
+from mcp_devdiag.catalog import UNRECOGNISED
 from mcp_devdiag.ids import uuid7
-from mcp_devdiag.recorder import Recorder
 from mcp_devdiag.service import DevDiag
-from mcp_devdiag.settings import DatabaseTarget, ServerSettings
-from mcp_devdiag.spool import Outcome, Spool
+from mcp_devdiag.spool import Outcome
 from mcp_devdiag.writer import RunRow, write_runs
-from orchestrator.secrets import role_password
-from tests.python.conftest import own_database
+from tests.python.conftest import login, own_database, tenant_service
 
 BORROW_1 = """error[E0499]: cannot borrow `items` as mutable more than once at a time
   --> src/main.rs:14:9
@@ -94,16 +89,11 @@ def db(pg: ConnectionSettings) -> Iterator[ConnectionSettings]:
 
 
 def writer_login(db: ConnectionSettings) -> ConnectionSettings:
-    tcp = embedded.tcp_settings("devdiag_writer", role_password("devdiag_writer"))
-    return ConnectionSettings({**tcp.params, "dbname": db.dbname}, embedded=True)
+    return login(db, "devdiag_writer")
 
 
 def service(target: ConnectionSettings, tmp_path: Path, tenant: str) -> DevDiag:
-    settings = ServerSettings(
-        tenant=tenant, environment="linux/rust-1.79", database=DatabaseTarget(target), spool_dir=tmp_path / tenant
-    )
-    recorder = Recorder(settings.database, Spool(settings.spool_dir, settings.spool_max_bytes))
-    return DevDiag(settings, recorder, load_catalog(), rng=random.Random(3))
+    return tenant_service(target, tmp_path, tenant, environment="linux/rust-1.79", seed=3)
 
 
 @pytest.fixture

@@ -16,11 +16,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from devdiag_db import embedded
 from devdiag_db.config import ConnectionSettings
 from devdiag_db.db import connect, tenant_transaction
-from orchestrator.secrets import role_password
-from tests.python.conftest import own_database
+from tests.python.conftest import login, own_database
 
 A, B = "acme", "globex"  # two of the demo's tenants
 TENANT_VIEWS = (
@@ -32,11 +30,6 @@ TENANT_VIEWS = (
     "v_recent_activity",
     "v_ttr_days",
 )
-
-
-def login(db: ConnectionSettings, role: str) -> ConnectionSettings:
-    tcp = embedded.tcp_settings(role, role_password(role))
-    return ConnectionSettings({**tcp.params, "dbname": db.dbname}, embedded=True)
 
 
 @pytest.fixture(scope="module")

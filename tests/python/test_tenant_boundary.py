@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,21 +11,15 @@ import pytest
 from mcp.server.mcpserver.exceptions import ToolError
 
 from devdiag_db.config import ConnectionSettings
-from mcp_devdiag.catalog import load_catalog
-from mcp_devdiag.recorder import Recorder
 from mcp_devdiag.service import DevDiag
-from mcp_devdiag.settings import DatabaseTarget, ServerSettings
-from mcp_devdiag.spool import Outcome, Spool
+from mcp_devdiag.spool import Outcome
+from tests.python.conftest import tenant_service
 
 PORT_ERROR = "Error: listen EADDRINUSE: address already in use :::3000"
 
 
 def service(pg: ConnectionSettings, tmp_path: Path, tenant: str) -> DevDiag:
-    settings = ServerSettings(
-        tenant=tenant, environment="linux/python-3.12", database=DatabaseTarget(pg), spool_dir=tmp_path / tenant
-    )
-    recorder = Recorder(settings.database, Spool(settings.spool_dir, settings.spool_max_bytes))
-    return DevDiag(settings, recorder, load_catalog(), rng=random.Random(2))
+    return tenant_service(pg, tmp_path, tenant)
 
 
 def rows(pg: ConnectionSettings, run_id: str) -> list[tuple]:
