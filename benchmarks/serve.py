@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """`devdiag serve` under load: N concurrent HTTP clients of T tenants, each with its own token.
 
-On a fresh embedded PostgreSQL in a temporary DEVDIAG_HOME (same machine): `devdiag setup`, one token
-per client (`devdiag_db.tokens.create`), then `devdiag serve --workers W` as a subprocess on a free
-port of 127.0.0.1. Each client is one keep-alive HTTP connection (httpx2, the SDK's HTTP library)
-posting MCP JSON-RPC `tools/call` requests to /mcp directly (the server is stateless: no session
-to set up), alternating `diagnose` (a realistic error text) and `record_outcome` on the run it got.
-Latency is timed at the client, per call, from request to parsed answer.
+On a fresh embedded PostgreSQL in a temporary DEVDIAG_HOME (same machine): `devdiag setup`, the dbt
+models (`dbt run`, as the cron keeps them: the server reads v_fix_ranking), one token per client
+(`devdiag_db.tokens.create`), then `devdiag serve --workers W` as a subprocess on a free port of
+127.0.0.1. Each client is one keep-alive HTTP/1.1 connection (a minimal client of the script's own: the
+generator shares the machine's two cores with the server, so it must cost little) posting MCP JSON-RPC
+`tools/call` requests to /mcp directly (the server is stateless: no session to set up), alternating
+`diagnose` (a realistic error text) and `record_outcome` on the run it got. Latency is timed at the
+client, per call, from request to parsed answer.
 
 After the load, the owner counts the rows of every run_id a client was given: rows lost (a run
 answered but not stored, after the spool drained), rows duplicated, and rows stored under a tenant
@@ -53,6 +55,25 @@ RESOLUTIONS = ["fixed", "failed", "manual"]
 SERVE = [sys.executable, "-c", "from orchestrator.cli import main; main()", "serve"]  # `devdiag serve`
 
 
+def run_loop(coro):
+    """uvloop where it is installed (it is with the server's dependencies): a cheaper generator."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def host_speed_ms() -> float:
+    """CPU milliseconds of a fixed loop of Python: the same code takes 30-60% longer in a shared host's
+    busy minutes, and so does every call; printed so that a slow run can be told from a slow host."""
+    started = time.process_time()
+    total = 0
+    for i in range(2_000_000):
+        total += i
+    return round((time.process_time() - started) * 1000, 1)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
@@ -83,25 +104,64 @@ def rpc(name: str, arguments: dict) -> dict:
 HEADERS = {"accept": "application/json, text/event-stream", "mcp-protocol-version": "2025-06-18"}
 
 
-async def call(client, url: str, token: str, body: dict, tally: Tally, retry_429: bool = True) -> dict | None:
+class Connection:
+    """One keep-alive HTTP/1.1 connection, written for the generator's own cost: a full HTTP client
+    (httpx2 took 1.3 ms of CPU a call) would spend on the machine's two cores what the server
+    needs. It sends a POST with a JSON body and reads a Content-Length response, nothing more."""
+
+    def __init__(self, host: str, port: int, path: str) -> None:
+        self.host, self.port, self.path = host, port, path
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, body: dict, token: str) -> tuple[int, dict[str, str], bytes]:
+        if self.writer is None or self.writer.is_closing():
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        payload = json.dumps(body).encode()
+        head = (
+            f"POST {self.path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(payload)}\r\n"
+            f"accept: {HEADERS['accept']}\r\nmcp-protocol-version: {HEADERS['mcp-protocol-version']}\r\n"
+            f"authorization: Bearer {token}\r\n\r\n"
+        )
+        try:
+            self.writer.write(head.encode() + payload)
+            status_line, *lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)}
+            data = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        except BaseException:
+            self.close()
+            raise
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return int(status_line.split()[1]), headers, data
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.writer = None
+
+
+async def call(client: Connection, token: str, body: dict, tally: Tally, retry_429: bool = True) -> dict | None:
     """One tools/call; its structured result, or None (counted as an error). A 429 waits and retries."""
     tally.calls += 1
     started = time.perf_counter()
     while True:
         try:
-            response = await client.post(url, json=body, headers={**HEADERS, "authorization": f"Bearer {token}"})
+            status, headers, data = await asyncio.wait_for(client.post(body, token), 30)
         except Exception as error:
             tally.error(type(error).__name__)
             return None
-        if response.status_code == 429 and retry_429:
-            await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+        if status == 429 and retry_429:
+            await asyncio.sleep(float(headers.get("retry-after", "1")))
             continue
         break
     tally.latencies.append(time.perf_counter() - started)
-    if response.status_code != 200:
-        tally.error(f"http {response.status_code}")
+    if status != 200:
+        tally.error(f"http {status}")
         return None
-    message = response.json()
+    message = json.loads(data)
     result = message.get("result") or {}
     if "error" in message or result.get("isError"):
         text = (message.get("error") or {}).get("message") or (result.get("content") or [{}])[0].get("text", "")
@@ -110,12 +170,11 @@ async def call(client, url: str, token: str, body: dict, tally: Tally, retry_429
     return result.get("structuredContent") or {}
 
 
-async def client_loop(url: str, token: str, tenant: str, calls: int, seed: int, tally: Tally, interval: float) -> None:
+async def client_loop(port: int, token: str, tenant: str, calls: int, seed: int, tally: Tally, interval: float) -> None:
     """``calls`` calls back to back, or (``interval`` > 0) one started every ``interval`` seconds, from a
     phase of its own: a constant offered load, where a slow answer does not slow the next start."""
-    import httpx2
-
-    async with httpx2.AsyncClient(timeout=30, limits=httpx2.Limits(max_connections=1)) as client:
+    client = Connection("127.0.0.1", port, "/mcp")
+    try:
         run_id = None
         start = time.perf_counter() + (seed * 0.618034 % 1.0) * interval
         for i in range(calls):
@@ -123,15 +182,17 @@ async def client_loop(url: str, token: str, tenant: str, calls: int, seed: int, 
                 await asyncio.sleep(max(0.0, start + i * interval - time.perf_counter()))
             if i % 2 == 0 or run_id is None:
                 error_text = ERRORS[(seed + i) % len(ERRORS)] + f"\n(at step {i} of client {seed})"
-                result = await call(client, url, token, rpc("diagnose", {"error_text": error_text}), tally)
+                result = await call(client, token, rpc("diagnose", {"error_text": error_text}), tally)
                 if result is not None:
                     run_id = result["run_id"]
                     tally.runs[run_id] = (tenant, max(1, len(result.get("findings", []))))
                     tally.spooled += result.get("recorded") == "spool"
             else:
                 body = rpc("record_outcome", {"run_id": run_id, "resolution": RESOLUTIONS[(seed + i) % 3]})
-                await call(client, url, token, body, tally)
+                await call(client, token, body, tally)
                 run_id = None
+    finally:
+        client.close()
 
 
 @contextlib.contextmanager
@@ -140,7 +201,12 @@ def serve_process(home: Path, port: int, workers: int, rate_limit: str, log: Pat
     args = [*SERVE, "--port", str(port), "--workers", str(workers)]
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            [*args, "--rate-limit", rate_limit], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+            [*args, "--rate-limit", rate_limit],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,  # a process group of its own: the kill fault kills the workers too
         )
     try:
         wait_healthy(port, process)
@@ -236,11 +302,16 @@ def main() -> None:
     for var in ("DEVDIAG_PG_DSN", "DEVDIAG_PG_HOST", "DEVDIAG_PG_USER", "DEVDIAG_PG_PASS", "DEVDIAG_PG_DB"):
         os.environ.pop(var, None)
     from devdiag_db import config, db, embedded, tokens
+    from orchestrator import dbt
     from orchestrator.provision import setup
 
     try:
         owner = config.settings()
         setup(owner)
+        # The models, as the cron's build keeps them in production: the server reads other tenants'
+        # outcomes from v_fix_ranking (without it, it counts raw rows it may not see: RLS).
+        print("dbt run ...", file=sys.stderr)
+        dbt.invoke(owner, ["run"])
         clients = []
         with db.connect(owner) as conn:
             for i in range(args.clients):
@@ -248,20 +319,19 @@ def main() -> None:
                 token, _ = tokens.create(conn, tenant, f"client-{i}", None)
                 clients.append((token, tenant))
         port = free_port()
-        url = f"http://127.0.0.1:{port}/mcp"
         log = home / "serve.log"
         tally = Tally()
-        load = os.getloadavg()[0]
+        load, host_before = os.getloadavg()[0], host_speed_ms()
         with serve_process(home, port, args.workers, args.rate_limit, log) as process:
             # Warm-up: one call per client (connections, pools, the classifier), not counted.
             warm = Tally()
 
             async def warm_up() -> None:
                 await asyncio.gather(
-                    *(client_loop(url, t, tenant, 1, i, warm, 0) for i, (t, tenant) in enumerate(clients))
+                    *(client_loop(port, t, tenant, 1, i, warm, 0) for i, (t, tenant) in enumerate(clients))
                 )
 
-            asyncio.run(warm_up())
+            run_loop(warm_up())
 
             async def fault() -> None:
                 nonlocal process
@@ -271,7 +341,7 @@ def main() -> None:
                     await asyncio.sleep(3)
                     await asyncio.to_thread(embedded.start)
                 elif args.fault == "kill-serve":
-                    process.send_signal(signal.SIGKILL)
+                    os.killpg(process.pid, signal.SIGKILL)  # the supervisor and its workers, as a crash would
                     process.wait()
                     with open(log, "ab") as out:
                         env = {**os.environ, "DEVDIAG_HOME": str(home)}
@@ -282,6 +352,7 @@ def main() -> None:
                             stdout=out,
                             stderr=subprocess.STDOUT,
                             cwd=ROOT,
+                            start_new_session=True,
                         )
                     await asyncio.to_thread(wait_healthy, port, process)
 
@@ -292,14 +363,15 @@ def main() -> None:
                 started = time.perf_counter()
                 interval = args.clients / args.rate if args.rate else 0.0
                 jobs = [
-                    client_loop(url, t, tenant, args.calls, i, tally, interval) for i, (t, tenant) in enumerate(clients)
+                    client_loop(port, t, tenant, args.calls, i, tally, interval)
+                    for i, (t, tenant) in enumerate(clients)
                 ]
                 if args.fault != "none":
                     jobs.append(fault())
                 await asyncio.gather(*jobs)
                 return time.perf_counter() - started
 
-            elapsed = asyncio.run(run())
+            elapsed = run_loop(run())
             cpu_after = (tree_cpu_s(process.pid), tree_cpu_s(postmaster), time.process_time())
             # Let the spool drain (a background replay every 2 s) before counting.
             deadline = time.monotonic() + 60
@@ -335,6 +407,8 @@ def main() -> None:
             **rows,
             "cpus": os.cpu_count(),
             "loadavg_before": round(load, 2),
+            "host_loop_ms_before": host_before,
+            "host_loop_ms_after": host_speed_ms(),
             "loadavg_after": round(os.getloadavg()[0], 2),
         }
     finally:

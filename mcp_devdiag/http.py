@@ -20,6 +20,7 @@ the same app from ``app_factory``. This module never logs a header or a token.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import logging
 import math
@@ -391,14 +392,29 @@ def build_app(settings: ServerSettings, http: HttpSettings, *, recorder: Recorde
         classifier.classify("warm-up")  # compile the catalog's patterns before the first call waits on them
         async with sdk_lifespan(scope_app), anyio.create_task_group() as group:
             group.start_soon(_replay_loop, recorder)
+            frozen = freeze_startup_heap()
             try:
                 yield
             finally:
                 group.cancel_scope.cancel()
+                if frozen:
+                    gc.unfreeze()
         await anyio.to_thread.run_sync(recorder.close)
 
     app.router.lifespan_context = lifespan
     return ServeApp(RateLimit(app, RateLimiter(http.rate_per_min)), recorder, verifier)
+
+
+def freeze_startup_heap() -> bool:
+    """Move what start-up allocated (the SDK, pydantic schemas, the catalog and its patterns) out of
+    the collector's reach; True when this call froze it. A full collection of a worker's heap paused
+    every thread for 70-95 ms, twice a minute under load: the p99 of a 200 calls/s run. Frozen, the
+    full collections see only what calls allocate (2.4 ms at most; docs/team-service.md "Figures")."""
+    if gc.get_freeze_count():
+        return False  # frozen already (a test process, or an app built twice): not ours to undo
+    gc.collect()
+    gc.freeze()
+    return True
 
 
 def health(recorder: Recorder) -> tuple[int, dict[str, Any]]:

@@ -14,6 +14,7 @@ Rows belong to a tenant: the server's role reads and writes them under row-level
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import re
@@ -145,6 +146,7 @@ _MINHASH = tuple(
 )
 
 
+@functools.lru_cache(maxsize=256)  # a diagnose asks twice (the lookup, then the writer's upsert)
 def signature(text: str | None) -> str | None:
     """The normalised error of ``text``: its first key lines, masked, lowercased; None without text."""
     if not text:
@@ -173,10 +175,16 @@ def keys(tenant: str, sig: str) -> list[int]:
     """The MinHash keys of a signature's words, salted with the tenant: two signatures share a key
     with probability about the Jaccard similarity of their word sets (per key), so the candidates
     for "similar" are found by a GIN lookup (``lsh && keys``) whatever the memory's size."""
+    return list(_keys(tenant, sig))
+
+
+@functools.lru_cache(maxsize=4096)
+def _keys(tenant: str, sig: str) -> tuple[int, ...]:
+    # Cached: a team's errors recur, and each diagnose needs the keys twice (lookup, then upsert).
     words = {w for w in _WORD.findall(_MASK_TOKEN.sub(" ", sig)) if w not in _STOP} or {sig}
     hashes = [int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "big") for w in words]
     salt = tenant.encode() + b"\x00"
-    return [
+    return tuple(
         int.from_bytes(
             hashlib.blake2b(
                 salt + min((a * h + b) % _PRIME for h in hashes).to_bytes(8, "big"),
@@ -187,7 +195,7 @@ def keys(tenant: str, sig: str) -> list[int]:
             signed=True,
         )
         for i, (a, b) in enumerate(_MINHASH)
-    ]
+    )
 
 
 def clean_note(note: str | None) -> str | None:

@@ -36,9 +36,11 @@ log = logging.getLogger(__name__)
 Destination = Literal["database", "spool", "dropped"]
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
-# Grown on demand from one: a laptop server uses one or two; `devdiag serve` runs 40 tool threads a
-# worker, and 4 connections made them queue (114 -> 149 calls/s with one worker, benchmarks/serve.py).
-POOL_MAX = 12
+# Grown on demand from one: a laptop server uses one or two. For `devdiag serve` (40 tool threads a
+# worker) more is not faster: on 2 cores, 12 connections a worker ran more transactions at once than
+# the cores could, and each held its row locks while its thread waited for the CPU (benchmarks/serve.py,
+# 4 against 12 in turn: 241 against 182 calls/s back to back; at 200 calls/s p99 16-31 against 22-146 ms).
+POOL_MAX = 4
 STATEMENT_TIMEOUT_MS = 10_000
 # Errors that mean "not usable right now" rather than "this row is wrong".
 _AWAY = (
