@@ -379,12 +379,11 @@ def test_a_worker_freezes_its_startup_heap_while_it_serves(pg, tmp_path):
 
     import anyio
 
-    from devdiag_db import embedded
     from mcp_devdiag import http
     from mcp_devdiag.settings import DatabaseTarget, ServerSettings
-    from orchestrator.secrets import role_password
+    from tests.python.conftest import login
 
-    writer = embedded.tcp_settings("devdiag_writer", role_password("devdiag_writer"))
+    writer = login(pg, "devdiag_writer")
     settings = ServerSettings(tenant="t", environment="e", database=DatabaseTarget(writer), spool_dir=tmp_path / "s")
     starlette_app = http.build_app(settings, http.HttpSettings()).asgi.app  # inside the rate limiter
 
