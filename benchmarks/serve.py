@@ -282,6 +282,30 @@ def check_rows(owner, tally: Tally) -> dict[str, int]:
     return {"runs": len(tally.runs), "rows_lost": lost, "rows_duplicated": duplicated, "cross_tenant_rows": cross}
 
 
+def fresh_home(prefix: str) -> Path:
+    """A temporary DEVDIAG_HOME, for the embedded database (an external one's settings are dropped)."""
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ["DEVDIAG_HOME"] = str(home)
+    for var in ("DEVDIAG_PG_DSN", "DEVDIAG_PG_HOST", "DEVDIAG_PG_USER", "DEVDIAG_PG_PASS", "DEVDIAG_PG_DB"):
+        os.environ.pop(var, None)
+    return home
+
+
+def built_database():
+    """`devdiag setup`, then the dbt models, as the cron's build keeps them in production (the server
+    reads other tenants' outcomes from v_fix_ranking; without it, it counts raw rows it may not see:
+    RLS). The owner's connection settings."""
+    from devdiag_db import config
+    from orchestrator import dbt
+    from orchestrator.provision import setup
+
+    owner = config.settings()
+    setup(owner)
+    print("dbt run ...", file=sys.stderr)
+    dbt.invoke(owner, ["run"])
+    return owner
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=50)
@@ -297,21 +321,11 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary DEVDIAG_HOME")
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="devdiag-bench-serve-"))
-    os.environ["DEVDIAG_HOME"] = str(home)
-    for var in ("DEVDIAG_PG_DSN", "DEVDIAG_PG_HOST", "DEVDIAG_PG_USER", "DEVDIAG_PG_PASS", "DEVDIAG_PG_DB"):
-        os.environ.pop(var, None)
-    from devdiag_db import config, db, embedded, tokens
-    from orchestrator import dbt
-    from orchestrator.provision import setup
+    home = fresh_home("devdiag-bench-serve-")
+    from devdiag_db import db, embedded, tokens
 
     try:
-        owner = config.settings()
-        setup(owner)
-        # The models, as the cron's build keeps them in production: the server reads other tenants'
-        # outcomes from v_fix_ranking (without it, it counts raw rows it may not see: RLS).
-        print("dbt run ...", file=sys.stderr)
-        dbt.invoke(owner, ["run"])
+        owner = built_database()
         clients = []
         with db.connect(owner) as conn:
             for i in range(args.clients):

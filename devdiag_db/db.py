@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,13 +71,46 @@ def tenant_transaction(
     ``set_config()``: on Citus the policies run on the workers, and only ``set local`` reaches them
     (``citus.propagate_set_commands = local``, set by `devdiag setup`).
     """
-    settings = sql.SQL("set local {} = {}").format(sql.Identifier(*TENANT_SETTING.split(".")), tenant or "")
+    settings = _set_tenant(tenant or "")
     if statement_timeout_ms is not None:
         timeout = sql.SQL("; set local statement_timeout = {}").format(max(int(statement_timeout_ms), 1))
         settings = sql.Composed([settings, timeout])
-    with conn.transaction():
-        conn.execute(settings)
+    if not conn.autocommit or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        with conn.transaction():  # a savepoint in the caller's transaction, or psycopg's own
+            conn.execute(settings)
+            yield conn
+        return
+    # Outside one: ``begin`` and the settings in one round trip (a simple query without parameters),
+    # where conn.transaction() would send them in two; every tool call opens one of these.
+    conn.execute(sql.Composed([_BEGIN, settings]))
+    try:
         yield conn
+    except BaseException:
+        with contextlib.suppress(psycopg.Error):  # a broken connection: the pool discards it
+            conn.execute("rollback")
+        raise
+    conn.execute("commit")
+
+
+_BEGIN = sql.SQL("begin; ")
+
+
+@functools.lru_cache(maxsize=1024)
+def _set_tenant(tenant: str) -> sql.Composed:
+    """``set local devdiag.tenant = '...'``, composed once per tenant (every tool call sends it)."""
+    return sql.SQL("set local {} = {}").format(sql.Identifier(*TENANT_SETTING.split(".")), tenant)
+
+
+def in_transaction(conn: psycopg.Connection) -> bool:
+    """Whether ``conn`` is inside a transaction that its caller opened (and will commit)."""
+    return conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+
+
+def atomic(conn: psycopg.Connection) -> contextlib.AbstractContextManager:
+    """A transaction of its own when ``conn`` is outside one; inside the caller's, nothing more: that
+    transaction is already the unit that commits or rolls back, and a savepoint would cost two round
+    trips (a tool call's session: docs/team-service.md "Figures")."""
+    return contextlib.nullcontext(conn) if in_transaction(conn) else conn.transaction()
 
 
 def one_row(conn: psycopg.Connection, query: Query, params: Params | None = None) -> tuple[Any, ...]:

@@ -32,6 +32,7 @@ prior's favourite. ``suggest_fixes`` shows the ranking itself (by confidence), w
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -41,6 +42,7 @@ from typing import Literal
 
 import psycopg
 
+from devdiag_db.db import in_transaction
 from mcp_devdiag.catalog import Catalog, Fix
 
 log = logging.getLogger(__name__)
@@ -147,12 +149,17 @@ live as ("""
     + _SCORE
 )
 
-# Reasons to read the raw table instead of the view; the connection stays usable (autocommit).
+# Reasons to read the raw table instead of the view.
 _VIEW_UNUSABLE = (
     psycopg.errors.UndefinedTable,
     psycopg.errors.UndefinedColumn,
     psycopg.errors.InsufficientPrivilege,
 )
+
+
+class ViewChanged(Exception):
+    """v_fix_ranking stopped answering inside the caller's transaction, which it aborted: run that
+    transaction again (the learner then reads the raw outcomes, and the view again in a minute)."""
 
 
 @dataclass(frozen=True)
@@ -208,6 +215,7 @@ class Learner:
         self._view_retry_at = 0.0
         self.last_path: Literal["view", "raw"] | None = None  # which path the last read took
         self._warned = False
+        self._view_answered = False
 
     def priors(self, codes: Sequence[str]) -> dict[str, list[FixScore]]:
         """The catalog's priors, for when the database cannot be asked (fix_confidence with no outcomes)."""
@@ -236,9 +244,14 @@ class Learner:
 
     def _query(self, conn: psycopg.Connection, params: dict) -> list[tuple]:
         if time.monotonic() >= self._view_retry_at:
+            # Inside the caller's transaction a failed read would abort it: a savepoint guards the read
+            # until the view has answered once, then it is read directly (two round trips fewer a tool
+            # call) and, should it go away, ViewChanged has the caller run its transaction again.
+            guarded = in_transaction(conn) and not self._view_answered
             try:
-                with conn.transaction():  # a savepoint: a missing view must not abort the caller's transaction
+                with conn.transaction() if guarded else contextlib.nullcontext():
                     rows = conn.execute(_FROM_VIEW, params).fetchall()
+                self._view_answered = True
                 self.last_path = "view"
                 return rows
             except _VIEW_UNUSABLE as error:
@@ -251,5 +264,8 @@ class Learner:
                 )
                 self._warned = True
                 self._view_retry_at = time.monotonic() + VIEW_RETRY_S
+                self._view_answered = False
+                if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:  # read unguarded
+                    raise ViewChanged(str(error).strip().splitlines()[0]) from None
         self.last_path = "raw"
         return conn.execute(_FROM_RAW, params).fetchall()

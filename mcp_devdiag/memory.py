@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import psycopg
 
@@ -396,6 +396,50 @@ _NOTE = f"""
 """
 
 
+class RunState(NamedTuple):
+    """One row of a run as it is now (``run_rows``)."""
+
+    id: uuid.UUID
+    ts: datetime
+    problem_code: str | None
+    fix_suggestion: str | None
+    error_msg: str | None
+    tenant_id: str
+    run_id: uuid.UUID
+    resolution: str | None
+
+
+_RUN_COLUMNS = "id, ts, problem_code, fix_suggestion, error_msg, tenant_id, run_id, resolution"
+# By run or by a finding's run: two statements, each with a plan of its own that is kept.
+_RUN_ROWS = {
+    "run": f"""
+        select {_RUN_COLUMNS} from devdiag.diag_run
+        where run_id = %(target)s::uuid and (%(tenant)s::text is null or tenant_id = %(tenant)s)
+        order by id
+    """,
+    "finding": f"""
+        select {_RUN_COLUMNS} from devdiag.diag_run
+        where run_id = (select f.run_id from devdiag.diag_run as f where f.id = %(target)s::uuid)
+          and (%(tenant)s::text is null or tenant_id = %(tenant)s)
+        order by id
+    """,
+}
+
+
+def run_rows(
+    conn: psycopg.Connection,
+    *,
+    tenant: str | None,
+    run_id: uuid.UUID | str | None = None,
+    finding_id: uuid.UUID | str | None = None,
+) -> list[RunState]:
+    """Every row of the run ``run_id``, or of the run of ``finding_id``, of ``tenant`` (any tenant when
+    None: the owner's loads), in id order; [] when there is none."""
+    which, target = ("run", run_id) if run_id is not None else ("finding", finding_id)
+    rows = conn.execute(_RUN_ROWS[which], {"target": target, "tenant": tenant}).fetchall()
+    return [RunState(*row) for row in rows]
+
+
 def note_outcome(
     conn: psycopg.Connection,
     *,
@@ -405,41 +449,35 @@ def note_outcome(
     at: datetime,
     run_id: uuid.UUID | str | None = None,
     finding_id: uuid.UUID | str | None = None,
+    rows: list[RunState] | None = None,
 ) -> bool:
     """Keep the outcome (and note) of a run with its signature: the next similar error shows it.
 
     Only an outcome that stands is kept: on a run with catalog findings, one of them must hold
     ``resolution`` (the writer recorded it); on an unrecognised run, anything but ``fixed`` (nothing
     was suggested). A later outcome replaces an earlier one, but an outcome without a note never
-    hides a note another run left: the note is the knowledge. Returns whether it was kept.
+    hides a note another run left: the note is the knowledge. ``rows``: the run as ``run_rows`` read
+    it after the outcome was written, when the caller has it. Returns whether it was kept.
     """
-    rows = conn.execute(
-        """
-        select ts, problem_code, error_msg, tenant_id, run_id, resolution
-        from devdiag.diag_run
-        where run_id = coalesce(%(run)s::uuid, (select run_id from devdiag.diag_run where id = %(finding)s::uuid))
-          and (%(tenant)s::text is null or tenant_id = %(tenant)s)
-        order by id
-        """,
-        {"run": run_id, "finding": finding_id, "tenant": tenant},
-    ).fetchall()
+    if rows is None:
+        rows = run_rows(conn, tenant=tenant, run_id=run_id, finding_id=finding_id)
     if not rows:
         return False
-    findings = [r for r in rows if r[1] is not None and r[1] != UNRECOGNISED]
-    stands = any(r[5] == resolution for r in findings) if findings else rows[0][1] == UNRECOGNISED
-    sig = signature(rows[0][2])
+    findings = [r for r in rows if r.problem_code is not None and r.problem_code != UNRECOGNISED]
+    first = rows[0]
+    stands = any(r.resolution == resolution for r in findings) if findings else first.problem_code == UNRECOGNISED
+    sig = signature(first.error_msg)
     if not stands or sig is None or (not findings and resolution == "fixed"):
         return False
-    ts, code, _, tenant_id, run, _ = rows[0]
     conn.execute(
         _NOTE,
         {
-            "tenant": tenant_id,
+            "tenant": first.tenant_id,
             "signature": sig,
-            "lsh": keys(tenant_id, sig),
-            "code": code,
-            "ts": ts,
-            "run": run,
+            "lsh": keys(first.tenant_id, sig),
+            "code": first.problem_code,
+            "ts": first.ts,
+            "run": first.run_id,
             "resolution": resolution,
             "note": clean_note(note),
             "at": at,

@@ -21,10 +21,10 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Literal, TypeVar
 
 import psycopg
 from mcp.server.mcpserver.exceptions import ToolError
@@ -33,8 +33,8 @@ from devdiag_db.db import DatabaseUnavailable
 from mcp_devdiag import classifier, details, memory, probes, writer
 from mcp_devdiag.catalog import UNRECOGNISED, Catalog, Problem
 from mcp_devdiag.ids import uuid7
-from mcp_devdiag.learning import FixScore, Learner, explore, ranked
-from mcp_devdiag.recorder import Recorder
+from mcp_devdiag.learning import FixScore, Learner, ViewChanged, explore, ranked
+from mcp_devdiag.recorder import Recorder, Session, WriteResult
 from mcp_devdiag.redaction import redact
 from mcp_devdiag.results import (
     CatalogProblem,
@@ -57,6 +57,7 @@ from mcp_devdiag.spool import Outcome
 from mcp_devdiag.writer import ERROR_MSG_CAP, RunRow
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 _SURROGATES = re.compile(r"[\ud800-\udfff]")
 _CUT = "\n[... {n:,} characters cut ...]\n"
@@ -203,6 +204,16 @@ class DevDiag:
     def _deadline(self) -> float:
         return time.monotonic() + self.settings.call_budget_s
 
+    def _in_session(self, tenant: str, deadline: float, work: Callable[[Session], _T], *, replay: bool = False) -> _T:
+        """``work`` in one session of ``tenant`` (one transaction); run again, in a new one, when the
+        rankings view went away under it (learning.ViewChanged: the second read is of raw outcomes)."""
+        try:
+            with self.recorder.session(tenant, deadline, replay=replay) as session:
+                return work(session)
+        except ViewChanged:
+            with self.recorder.session(tenant, deadline) as session:
+                return work(session)
+
     # --- diagnose ---------------------------------------------------------------------------------
 
     def diagnose(
@@ -260,13 +271,17 @@ class DevDiag:
         found_context = _Context(found, captured, text, unrecognised)
         built: tuple[list[Finding], list[RunRow]] | None = None
         similar: list[memory.Remembered] = []
+
         # One connection for the memory and ranking reads and the write: the fewest round trips per call.
+        def read_and_write(session: Session) -> WriteResult:
+            nonlocal built, similar
+            similar = self.memory.similar(session.conn, tenant, stored)  # before this run is remembered
+            scores = self.learner.scores(session.conn, tenant, codes) if codes else {}
+            built = self._build(tenant, run_id, now, codes, scores, found_context, stored, notes)
+            return self.recorder.write_on(session, built[1])
+
         try:
-            with self.recorder.session(tenant, deadline, replay=True) as session:
-                similar = self.memory.similar(session.conn, tenant, stored)  # before this run is remembered
-                scores = self.learner.scores(session.conn, tenant, codes) if codes else {}
-                built = self._build(tenant, run_id, now, codes, scores, found_context, stored, notes)
-                written = self.recorder.write_on(session, built[1])
+            written = self._in_session(tenant, deadline, read_and_write, replay=True)
         except DatabaseUnavailable as error:
             if built is None:
                 notes.append(f"ranking from catalog priors only: {error}")
@@ -274,6 +289,7 @@ class DevDiag:
                     tenant, run_id, now, codes, self.learner.priors(codes), found_context, stored, notes
                 )
             written = self.recorder.spool_rows(built[1], str(error))
+        assert built is not None  # built in the session, or from the priors when the database is away
         findings = built[0]
         if written.detail:
             notes.append(f"run not in the database yet: {written.detail}")
@@ -391,8 +407,8 @@ class DevDiag:
         if not codes:
             return {}, None
         try:
-            with self.recorder.session(tenant, self._deadline()) as session:
-                return self.learner.scores(session.conn, tenant, codes), None
+            scores = self._in_session(tenant, self._deadline(), lambda s: self.learner.scores(s.conn, tenant, codes))
+            return scores, None
         except DatabaseUnavailable as error:
             return self.learner.priors(codes), f"ranking from catalog priors only: {error}"
 
@@ -444,8 +460,12 @@ class DevDiag:
             resolution=resolution, at=at, fix_id=fix_id, tenant=tenant, note=kept_note, **{key: str(target)}
         )
         try:
-            with self.recorder.session(tenant, self._deadline(), replay=True) as session:
-                return self._record(session.conn, tenant, key, target, resolution, fix_id, at, kept_note)
+            return self._in_session(
+                tenant,
+                self._deadline(),
+                lambda s: self._record(s.conn, tenant, key, target, resolution, fix_id, at, kept_note),
+                replay=True,
+            )
         except _UnknownRun:
             # Another worker may be replaying the spool that holds this run right now (its rows not yet
             # committed): queued behind it, the outcome is applied once the run is in, or rejected at
@@ -505,7 +525,7 @@ class DevDiag:
                 )
         if resolution == "fixed" and not any(r[2] for r in problems):
             raise ToolError("'fixed' credits the suggested fix, but none was suggested here: record 'manual'")
-        updated = writer.record_outcome(
+        updated, run = writer.apply_outcome(
             conn,
             run_id=target if key == "run_id" else None,
             finding_id=target if key == "finding_id" else None,
@@ -515,14 +535,13 @@ class DevDiag:
             tenant=tenant,
             note=note,
         )
-        ids = [r[0] for r in problems]
-        after = conn.execute(
-            "select id, problem_code, fix_suggestion, resolution from devdiag.diag_run where id = any(%s) order by id",
-            (ids,),
-        ).fetchall()
-        codes = [r[1] for r in after]
+        ids = {r[0] for r in problems}
+        after = [r for r in run if r.id in ids]  # the targeted findings, as they are now
+        codes = [r.problem_code for r in after if r.problem_code is not None]
         learned = self.learner.scores(conn, tenant, [c for c in codes if c in self.catalog.problems])
-        confidence = {(s.problem_code, s.fix.id): s.confidence for scores in learned.values() for s in scores}
+        confidence: dict[tuple[str, str | None], float] = {
+            (s.problem_code, s.fix.id): s.confidence for scores in learned.values() for s in scores
+        }
         notes = []
         if updated == 0:
             notes.append("already recorded: nothing changed (this outcome, or a later one, is in place)")
@@ -533,13 +552,16 @@ class DevDiag:
             note=note,
             findings=[
                 OutcomeFinding(
-                    finding_id=str(fid),
-                    problem_code=code,
-                    fix_id=fix,
-                    resolution=res,
-                    confidence_now=round(confidence[(code, fix)], 4) if (code, fix) in confidence else None,
+                    finding_id=str(r.id),
+                    problem_code=r.problem_code,
+                    fix_id=r.fix_suggestion,
+                    resolution=r.resolution,
+                    confidence_now=round(confidence[(r.problem_code, r.fix_suggestion)], 4)
+                    if (r.problem_code, r.fix_suggestion) in confidence
+                    else None,
                 )
-                for fid, code, fix, res in after
+                for r in after
+                if r.problem_code is not None
             ],
             notes=notes,
         )

@@ -42,7 +42,7 @@ from typing import Any, TypeGuard, get_args
 import psycopg
 from psycopg import sql
 
-from devdiag_db.db import one_row, scalar
+from devdiag_db.db import atomic, one_row, scalar
 from mcp_devdiag import memory
 from mcp_devdiag.catalog import UNRECOGNISED
 from mcp_devdiag.results import Resolution
@@ -252,10 +252,10 @@ def _batches(rows: Iterable[RunRow], size: int) -> Iterator[list[RunRow]]:
 
 
 def _write_batch(conn: psycopg.Connection, batch: list[RunRow]) -> int:
-    """One transaction: the rows, and the team memory of those actually inserted (a replayed row is
-    neither stored nor counted twice)."""
+    """One transaction (the caller's, when one is open): the rows, and the team memory of those actually
+    inserted (a replayed row is neither stored nor counted twice)."""
     if len(batch) <= SMALL_BATCH:
-        with conn.transaction():
+        with atomic(conn):  # a tool call's run: inside its session's transaction already
             return _remembered(conn, batch, _insert_small(conn, batch))
     with conn.transaction():
         if _after_max_id(conn, batch):
@@ -353,6 +353,24 @@ def is_resolution(value: object) -> TypeGuard[Resolution]:
     return value in RESOLUTIONS
 
 
+# By run or by finding; composed once (every record_outcome sends one).
+_UPDATE_OUTCOME = {
+    key: sql.SQL(
+        """
+        update {table} set resolution = %(resolution)s, resolved_at = %(at)s
+        where {key} = %(target)s
+          and (%(tenant)s::text is null or tenant_id = %(tenant)s)
+          and problem_code is not null
+          and problem_code <> %(unrecognised)s
+          and (%(fix_id)s::text is null or fix_suggestion = %(fix_id)s)
+          and (%(resolution)s <> 'fixed' or fix_suggestion is not null)
+          and (resolution is null or (resolution <> %(resolution)s and resolved_at < %(at)s))
+        """
+    ).format(table=sql.Identifier(*TABLE.split(".")), key=sql.Identifier(key))
+    for key in ("run_id", "id")
+}
+
+
 def record_outcome(
     conn: psycopg.Connection,
     *,
@@ -377,6 +395,31 @@ def record_outcome(
     - The outcome that stands, and ``note`` (already redacted and capped), go to the team memory
       with the run's error signature (``memory.note_outcome``): live, replayed and loaded alike.
     """
+    return apply_outcome(
+        conn,
+        run_id=run_id,
+        finding_id=finding_id,
+        resolution=resolution,
+        fix_id=fix_id,
+        at=at,
+        tenant=tenant,
+        note=note,
+    )[0]
+
+
+def apply_outcome(
+    conn: psycopg.Connection,
+    *,
+    run_id: uuid.UUID | str | None = None,
+    finding_id: uuid.UUID | str | None = None,
+    resolution: str,
+    fix_id: str | None = None,
+    at: datetime,
+    tenant: str | None = None,
+    note: str | None = None,
+) -> tuple[int, list[memory.RunState]]:
+    """``record_outcome``, and the run's rows as they are after it (the tool's answer shows them):
+    read once, for the team memory and the caller."""
     if (run_id is None) == (finding_id is None):
         raise ValueError("record_outcome: give exactly one of run_id or finding_id")
     if resolution not in RESOLUTIONS:
@@ -385,18 +428,7 @@ def record_outcome(
         raise ValueError(f"record_outcome: at {at!r} must be a timezone-aware datetime")
     target = ("run_id", _parse_uuid("run_id", run_id)) if run_id is not None else ("id", _parse_uuid("id", finding_id))
     cur = conn.execute(
-        sql.SQL(
-            """
-            update {table} set resolution = %(resolution)s, resolved_at = %(at)s
-            where {key} = %(target)s
-              and (%(tenant)s::text is null or tenant_id = %(tenant)s)
-              and problem_code is not null
-              and problem_code <> %(unrecognised)s
-              and (%(fix_id)s::text is null or fix_suggestion = %(fix_id)s)
-              and (%(resolution)s <> 'fixed' or fix_suggestion is not null)
-              and (resolution is null or (resolution <> %(resolution)s and resolved_at < %(at)s))
-            """
-        ).format(table=sql.Identifier(*TABLE.split(".")), key=sql.Identifier(target[0])),
+        _UPDATE_OUTCOME[target[0]],
         {
             "resolution": resolution,
             "at": at,
@@ -406,7 +438,7 @@ def record_outcome(
             "unrecognised": UNRECOGNISED,
         },
     )
-    memory.note_outcome(
-        conn, tenant=tenant, run_id=run_id, finding_id=finding_id, resolution=resolution, note=note, at=at
-    )
-    return cur.rowcount
+    key = "run_id" if run_id is not None else "finding_id"
+    rows = memory.run_rows(conn, tenant=tenant, **{key: target[1]})
+    memory.note_outcome(conn, tenant=tenant, resolution=resolution, note=note, at=at, rows=rows)
+    return cur.rowcount, rows

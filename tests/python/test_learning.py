@@ -34,6 +34,7 @@ from mcp_devdiag.learning import FixScore, Learner, explore, ranked
 from mcp_devdiag.writer import RunRow, record_outcome, write_runs
 from orchestrator import dbt
 from orchestrator.provision import setup
+from tests.python.conftest import tenant_service
 
 pytestmark = pytest.mark.slow  # a dbt run and four simulated worlds: ~25 s
 
@@ -281,4 +282,32 @@ def test_an_outcome_recorded_between_builds_counts_exactly_once(pg, template):
             build()
             assert counts() == (1, 2, 2, 3)
     finally:
+        _drop(pg, settings.dbname)
+
+
+def test_a_tool_call_still_records_its_run_when_the_view_goes_away_under_it(pg, template, tmp_path):
+    """Once v_fix_ranking has answered, a tool call's transaction reads it without a savepoint; the
+    view dropped after that (a schema rebuilt by hand) aborts the transaction the next call reads it
+    in, and the call runs again on the raw outcomes: both runs are stored, nothing is half-written."""
+    settings = _copy(pg, template)
+    app = tenant_service(settings, tmp_path / "spool", TENANT)
+    error = "Error: listen EADDRINUSE: address already in use :::3000"
+    try:
+        first = app.diagnose(error_text=error)
+        assert app.learner.last_path == "view"
+        with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+            conn.execute("drop view devdiag.v_fix_ranking")
+        second = app.diagnose(error_text=error)
+        outcome = app.record_outcome("failed", run_id=second.run_id)
+        assert app.learner.last_path == "raw"
+        assert (first.recorded, second.recorded, outcome.updated) == ("database", "database", 1)
+        assert [f.code for f in second.findings] == ["PORT_IN_USE"]
+        with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+            stored = conn.execute(
+                "select run_id::text, resolution from devdiag.diag_run where run_id = any(%s::uuid[]) order by id",
+                ([first.run_id, second.run_id],),
+            ).fetchall()
+        assert stored == [(first.run_id, None), (second.run_id, "failed")]
+    finally:
+        app.recorder.close()
         _drop(pg, settings.dbname)

@@ -8,6 +8,7 @@ Everything runs against a real PostgreSQL over the roles' own TCP password login
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -79,6 +80,46 @@ def test_writer_cannot_insert_for_another_tenant(writer: psycopg.Connection) -> 
             "values (gen_random_uuid(), gen_random_uuid(), now(), %s, 'linux')",
             (B,),
         )
+
+
+def test_a_tenant_transaction_is_one_unit_and_its_tenant_ends_with_it(
+    db: ConnectionSettings, writer: psycopg.Connection
+) -> None:
+    """Every tool call's session: ``begin`` and ``set local`` sent together; what it wrote commits as
+    one, or not at all when it raises (an error of Python's or of the database's); the connection is
+    idle and without a tenant after; inside a caller's transaction it is a savepoint."""
+    ids = [uuid.uuid4() for _ in range(5)]
+
+    def insert(i: int) -> None:
+        writer.execute(
+            "insert into devdiag.diag_run (id, run_id, ts, tenant_id, environment) "
+            "values (%s, gen_random_uuid(), now(), %s, 'linux')",
+            (ids[i], A),
+        )
+
+    def stored() -> list[bool]:
+        return [owner_count(db, "id = %s", (i,)) == 1 for i in ids]
+
+    try:
+        with tenant_transaction(writer, A):
+            insert(0)
+        with pytest.raises(ZeroDivisionError), tenant_transaction(writer, A):
+            insert(1)
+            _ = 1 / 0
+        with pytest.raises(psycopg.errors.DivisionByZero), tenant_transaction(writer, A):
+            insert(2)
+            writer.execute("select 1 / 0")
+        assert writer.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert writer.execute("select current_setting('devdiag.tenant', true)").fetchone()[0] in (None, "")
+        with tenant_transaction(writer, A):
+            insert(3)
+            with pytest.raises(psycopg.errors.DivisionByZero), tenant_transaction(writer, A):
+                insert(4)
+                writer.execute("select 1 / 0")
+        assert stored() == [True, False, False, True, False]
+    finally:
+        with connect(db) as conn:
+            conn.execute("delete from devdiag.diag_run where id = any(%s)", (ids,))
 
 
 def test_writer_cannot_move_its_own_row_to_another_tenant_or_touch_theirs(
