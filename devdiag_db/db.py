@@ -82,12 +82,13 @@ def tenant_transaction(
         return
     # Outside one: ``begin`` and the settings in one round trip (a simple query without parameters),
     # where conn.transaction() would send them in two; every tool call opens one of these.
-    conn.execute(sql.Composed([_BEGIN, settings]))
     try:
+        conn.execute(sql.Composed([_BEGIN, settings]))
         yield conn
     except BaseException:
-        with contextlib.suppress(psycopg.Error):  # a broken connection: the pool discards it
-            conn.execute("rollback")
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            with contextlib.suppress(psycopg.Error):  # a broken connection: the pool discards it
+                conn.execute("rollback")
         raise
     conn.execute("commit")
 
