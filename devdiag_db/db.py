@@ -114,6 +114,20 @@ def atomic(conn: psycopg.Connection) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext(conn) if in_transaction(conn) else conn.transaction()
 
 
+@contextlib.contextmanager
+def advisory_lock(conn: psycopg.Connection, key: int) -> Iterator[bool]:
+    """Try a session advisory lock for the block: yields whether it was taken, and releases it at the
+    end. Closing the connection would release it too, but only once the server has ended the session,
+    after the client has moved on: a second run started at once could find it still held."""
+    taken = bool(scalar(conn, "select pg_try_advisory_lock(%s)", (key,)))
+    try:
+        yield taken
+    finally:
+        if taken:
+            with contextlib.suppress(psycopg.Error):  # a lost connection has released it anyway
+                conn.execute("select pg_advisory_unlock(%s)", (key,))
+
+
 def one_row(conn: psycopg.Connection, query: Query, params: Params | None = None) -> tuple[Any, ...]:
     """The one row of a query that always returns one (an aggregate, ``show``, a function call)."""
     row = conn.execute(query, params).fetchone()

@@ -29,7 +29,7 @@ import psycopg
 from psycopg import sql
 
 from devdiag_db.config import ConnectionSettings
-from devdiag_db.db import DatabaseUnavailable, connect, scalar
+from devdiag_db.db import DatabaseUnavailable, advisory_lock, connect, scalar
 from orchestrator.backup import run_backup
 from orchestrator.contract import PUBLIC_VIEWS, RAW_INDEXES
 from orchestrator.restore import RestoreReport, drop_database, run_restore
@@ -99,8 +99,9 @@ def run_drill(
     scratch = scratch_name(settings)
     workdir = Path(tempfile.mkdtemp(prefix="devdiag-drill-"))
     try:
-        with connect(settings) as lock_conn:
-            _lock(lock_conn)
+        with connect(settings) as lock_conn, advisory_lock(lock_conn, ADVISORY_LOCK_KEY) as taken:
+            if not taken:
+                raise click.ClickException("another `devdiag drill` is running on this database: wait for it to finish")
             say(f"drill: 1/4 backup of {settings.dbname}")
             started = time.monotonic()
             rows_source, backup = _snapshot_backup(settings, workdir, quiet, key_file)
@@ -119,11 +120,6 @@ def run_drill(
     return DrillReport(
         settings.dbname, scratch, backup.bytes, backup_s, time_to_restore, rows_source, rows_restored, restored
     )
-
-
-def _lock(conn: psycopg.Connection) -> None:
-    if not scalar(conn, "select pg_try_advisory_lock(%s)", (ADVISORY_LOCK_KEY,)):
-        raise click.ClickException("another `devdiag drill` is running on this database: wait for it to finish")
 
 
 def _snapshot_backup(settings: ConnectionSettings, workdir: Path, quiet: bool, key_file: Path | None):

@@ -24,7 +24,7 @@ import click
 import psycopg
 
 from devdiag_db.config import ConnectionSettings
-from devdiag_db.db import DatabaseUnavailable, connect, one_row, scalar
+from devdiag_db.db import DatabaseUnavailable, advisory_lock, connect, one_row, scalar
 from orchestrator.progress import Progress
 
 DEFAULT_DAYS = 180
@@ -94,19 +94,23 @@ def run_retention(
     started = time.monotonic()
     with connect(settings) as conn:
         _require_raw_table(conn)
-        _take_lock(conn)
-        cutoff = scalar(conn, "select now() - make_interval(days => %s)", (days,))
-        if dry_run:
-            deleted, kept = one_row(conn, _COUNT_SQL, {"cutoff": cutoff})
-            return RetentionReport(days, cutoff, True, deleted, kept, 0, False, time.monotonic() - started)
-        expired = scalar(conn, "select count(*) from devdiag.diag_run where ts < %s", (cutoff,))
-        with Progress("retention", total=expired, quiet=quiet) as progress:
-            deleted, kept, batches = _delete_in_batches(conn, cutoff, batch_rows, progress)
-            # The team memory keeps no error longer than its runs: a signature not seen since the cutoff goes.
-            forgotten = conn.execute("delete from devdiag.error_memory where last_seen < %s", (cutoff,)).rowcount
-            progress.step("vacuum analyze")
-            # Outside any transaction (autocommit); takes no lock that blocks inserts or updates.
-            conn.execute("vacuum analyze devdiag.diag_run")
+        with advisory_lock(conn, ADVISORY_LOCK_KEY) as taken:
+            if not taken:
+                raise click.ClickException(
+                    "another `devdiag retention` is running on this database: wait for it to finish"
+                )
+            cutoff = scalar(conn, "select now() - make_interval(days => %s)", (days,))
+            if dry_run:
+                deleted, kept = one_row(conn, _COUNT_SQL, {"cutoff": cutoff})
+                return RetentionReport(days, cutoff, True, deleted, kept, 0, False, time.monotonic() - started)
+            expired = scalar(conn, "select count(*) from devdiag.diag_run where ts < %s", (cutoff,))
+            with Progress("retention", total=expired, quiet=quiet) as progress:
+                deleted, kept, batches = _delete_in_batches(conn, cutoff, batch_rows, progress)
+                # The team memory keeps no error longer than its runs: a signature not seen since the cutoff goes.
+                forgotten = conn.execute("delete from devdiag.error_memory where last_seen < %s", (cutoff,)).rowcount
+                progress.step("vacuum analyze")
+                # Outside any transaction (autocommit); takes no lock that blocks inserts or updates.
+                conn.execute("vacuum analyze devdiag.diag_run")
     return RetentionReport(days, cutoff, False, deleted, kept, batches, True, time.monotonic() - started, forgotten)
 
 
@@ -133,12 +137,6 @@ def _delete_in_batches(
 def _require_raw_table(conn: psycopg.Connection) -> None:
     if scalar(conn, "select to_regclass('devdiag.diag_run')") is None:
         raise click.ClickException("devdiag.diag_run does not exist in this database: run `devdiag setup` first")
-
-
-def _take_lock(conn: psycopg.Connection) -> None:
-    """Session advisory lock, released when the connection closes (also on a crash)."""
-    if not scalar(conn, "select pg_try_advisory_lock(%s)", (ADVISORY_LOCK_KEY,)):
-        raise click.ClickException("another `devdiag retention` is running on this database: wait for it to finish")
 
 
 def _print_report(report: RetentionReport) -> None:

@@ -186,3 +186,26 @@ def test_start_db_starts_a_stopped_embedded_database_for_the_check(tmp_path):
         assert devdiag("db", "status", env=env).exit_code == 0  # it runs now, and stays up
     finally:
         devdiag("db", "stop", env=env)
+
+
+def test_an_advisory_lock_is_free_the_moment_its_block_ends(pg):
+    """What `devdiag retention` and `devdiag drill` run under: a second one started the moment the first
+    returns is not refused (the lock goes with the block, not later with the server's end of the session)."""
+    from devdiag_db.db import advisory_lock, connect
+
+    key = 0x7465_7374_4C6F_636B
+
+    def held_by(conn: psycopg.Connection) -> int:
+        return conn.execute(
+            "select count(*) from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()"
+        ).fetchone()[0]
+
+    with connect(pg) as first, connect(pg) as second:
+        with advisory_lock(first, key) as taken:
+            assert taken and held_by(first) == 1
+            with advisory_lock(second, key) as also:
+                assert not also  # one at a time
+            assert held_by(second) == 0
+        assert held_by(first) == 0  # released while its connection is still open
+        with advisory_lock(second, key) as taken:
+            assert taken
