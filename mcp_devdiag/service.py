@@ -501,29 +501,25 @@ class DevDiag:
         at: datetime,
         note: str | None,
     ) -> OutcomeResult:
-        column = "run_id" if key == "run_id" else "id"
         # Another tenant's run is "unknown" too: the answer does not tell whether it exists.
-        select = (
-            "select id, problem_code, fix_suggestion, run_id from devdiag.diag_run"
-            f" where {column} = %s and tenant_id = %s order by id"
-        )
-        rows = conn.execute(select, (target, tenant)).fetchall()
+        run = memory.run_rows(conn, tenant=tenant, **{key: target})
+        rows = [r for r in run if key == "run_id" or r.id == target]
         if not rows:
             raise _UnknownRun(f"unknown {key} {target}: no run has it; pass the {key} that diagnose returned")
-        problems = [r for r in rows if r[1] is not None and r[1] != UNRECOGNISED]
+        problems = [r for r in rows if r.problem_code is not None and r.problem_code != UNRECOGNISED]
         if not problems:
-            if any(r[1] == UNRECOGNISED for r in rows):
-                return self._remember_unrecognised(conn, tenant, rows[0][3], resolution, at, note)
+            if any(r.problem_code == UNRECOGNISED for r in rows):
+                return self._remember_unrecognised(conn, tenant, run, resolution, at, note)
             raise ToolError(f"{key} {target} is a run that found no problem: there is no outcome to record")
         if fix_id is not None:
-            suggested = sorted({r[2] for r in problems if r[2]})
-            problems = [r for r in problems if r[2] == fix_id]
+            suggested = sorted({r.fix_suggestion for r in problems if r.fix_suggestion})
+            problems = [r for r in problems if r.fix_suggestion == fix_id]
             if not problems:
                 raise ToolError(
                     f"fix {fix_id} was not the suggested fix here (suggested: {', '.join(suggested) or 'none'}); "
                     "outcomes are credited to the suggested fix: record 'manual' when another fix solved it"
                 )
-        if resolution == "fixed" and not any(r[2] for r in problems):
+        if resolution == "fixed" and not any(r.fix_suggestion for r in problems):
             raise ToolError("'fixed' credits the suggested fix, but none was suggested here: record 'manual'")
         updated, run = writer.apply_outcome(
             conn,
@@ -535,7 +531,7 @@ class DevDiag:
             tenant=tenant,
             note=note,
         )
-        ids = {r[0] for r in problems}
+        ids = {r.id for r in problems}
         after = [r for r in run if r.id in ids]  # the targeted findings, as they are now
         codes = [r.problem_code for r in after if r.problem_code is not None]
         learned = self.learner.scores(conn, tenant, [c for c in codes if c in self.catalog.problems])
@@ -568,15 +564,21 @@ class DevDiag:
 
     @staticmethod
     def _remember_unrecognised(
-        conn: psycopg.Connection, tenant: str, run_id: uuid.UUID, resolution: Resolution, at: datetime, note: str | None
+        conn: psycopg.Connection,
+        tenant: str,
+        run: list[memory.RunState],
+        resolution: Resolution,
+        at: datetime,
+        note: str | None,
     ) -> OutcomeResult:
-        """An unrecognised run has no finding to credit: its outcome and note go to the team memory only."""
+        """An unrecognised run (``run``: its rows, as read) has no finding to credit: its outcome and note
+        go to the team memory only."""
         if resolution == "fixed":
             raise ToolError(
                 "nothing was suggested for an unrecognised error, so no fix can be credited: record 'manual' "
                 "with a note of what fixed it (or 'failed')"
             )
-        kept = memory.note_outcome(conn, tenant=tenant, run_id=run_id, resolution=resolution, note=note, at=at)
+        kept = memory.note_outcome(conn, tenant=tenant, resolution=resolution, note=note, at=at, rows=run)
         notes = ["kept in the team memory: the next similar error shows this outcome and note"]
         if not kept:
             notes = ["nothing kept: this run has no error text to recognise it by"]
