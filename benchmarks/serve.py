@@ -14,6 +14,10 @@ After the load, the owner counts the rows of every run_id a client was given: ro
 answered but not stored, after the spool drained), rows duplicated, and rows stored under a tenant
 other than the caller's token's (cross-tenant).
 
+Where a p99 goes: the run second by second (by each call's start), the number of seconds whose own
+p99 was over 100 ms and the worst second, with the machine's CPU time in it by kind (/proc/stat:
+busy, iowait, steal): a miss spread over the run is too little CPU, one of a few seconds is a stall.
+
     python benchmarks/serve.py [--clients 50] [--calls 200] [--tenants 10] [--workers 2] [--json]   # saturation
     python benchmarks/serve.py --rate 200                                   # 200 calls/s offered: latency at that load
     python benchmarks/serve.py --clients 20 --calls 250 --fault db-restart   # 5,000 calls, PostgreSQL stopped mid-load
@@ -33,6 +37,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -88,6 +93,7 @@ def free_port() -> int:
 @dataclass
 class Tally:
     latencies: list[float] = field(default_factory=list)
+    started: list[float] = field(default_factory=list)  # perf_counter at each call's start, for the timeline
     calls: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     runs: dict[str, tuple[str, int]] = field(default_factory=dict)  # run_id -> (tenant, rows expected)
@@ -158,6 +164,7 @@ async def call(client: Connection, token: str, body: dict, tally: Tally, retry_4
             continue
         break
     tally.latencies.append(time.perf_counter() - started)
+    tally.started.append(started)
     if status != 200:
         tally.error(f"http {status}")
         return None
@@ -235,6 +242,79 @@ def wait_healthy(port: int, process: subprocess.Popen, timeout: float = 60) -> N
             pass
         time.sleep(0.2)
     raise SystemExit("devdiag serve did not become healthy within 60 s")
+
+
+class HostSampler:
+    """The machine's CPU time by kind (/proc/stat, every 0.25 s, in a thread): what a slow second of the
+    run had around it, busy, waiting on the disk (iowait) or taken by the hypervisor (steal)."""
+
+    KINDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, tuple[int, ...]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> HostSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with open("/proc/stat") as stat:
+                ticks = tuple(int(v) for v in stat.readline().split()[1 : 1 + len(self.KINDS)])
+            self.samples.append((time.perf_counter(), ticks))
+            if self._stop.wait(0.25):
+                return
+
+    def shares(self, start: float, end: float) -> dict[str, float]:
+        """Percent of the machine's CPU time between ``start`` and ``end`` (perf_counter) by kind."""
+        inside = [ticks for at, ticks in self.samples if start - 0.25 <= at <= end + 0.25]
+        if len(inside) < 2:
+            return {}
+        delta = [b - a for a, b in zip(inside[0], inside[-1], strict=True)]
+        total = sum(delta) or 1
+        kinds = dict(zip(self.KINDS, delta, strict=True))
+        busy = kinds["user"] + kinds["nice"] + kinds["system"] + kinds["irq"] + kinds["softirq"]
+        return {
+            "busy_pct": round(100 * busy / total, 1),
+            "iowait_pct": round(100 * kinds["iowait"] / total, 1),
+            "steal_pct": round(100 * kinds["steal"] / total, 1),
+        }
+
+
+def timeline(tally: Tally, host: HostSampler, threshold_s: float = 0.1) -> dict:
+    """The run second by second (by each call's start): how many seconds had a p99 over the threshold,
+    and the worst second, with what the machine was doing then: a miss of the p99 goal is either spread
+    over the run (too little CPU) or a stall of a few seconds (the disk, the hypervisor, a pause)."""
+    if not tally.started:
+        return {}
+    first = min(tally.started)
+    seconds: dict[int, list[float]] = {}
+    for started, latency in zip(tally.started, tally.latencies, strict=True):
+        seconds.setdefault(int(started - first), []).append(latency)
+    p99s = {second: percentile(values, 0.99) for second, values in seconds.items()}
+    worst = max(p99s, key=lambda second: p99s[second])
+    tenths: list[list[float]] = [[] for _ in range(10)]
+    span = max(tally.started) - first or 1.0
+    for started, latency in zip(tally.started, tally.latencies, strict=True):
+        tenths[min(9, int((started - first) / span * 10))].append(latency)
+    return {
+        # a p99 that climbs from the first tenth of the run to the last: each call costs more as the data grows
+        "p99_ms_by_tenth": [round(percentile(values, 0.99) * 1000, 1) for values in tenths if values],
+        "seconds_over_100ms": sum(p99 > threshold_s for p99 in p99s.values()),
+        "worst_second": {
+            "at_s": worst,
+            "calls": len(seconds[worst]),
+            "p99_ms": round(p99s[worst] * 1000, 1),
+            **host.shares(first + worst, first + worst + 1),
+        },
+        "host": host.shares(first, first + max(seconds) + 1),
+    }
 
 
 def tree_cpu_s(root: int) -> float:
@@ -385,7 +465,8 @@ def main() -> None:
                 await asyncio.gather(*jobs)
                 return time.perf_counter() - started
 
-            elapsed = run_loop(run())
+            with HostSampler() as host:
+                elapsed = run_loop(run())
             cpu_after = (tree_cpu_s(process.pid), tree_cpu_s(postmaster), time.process_time())
             # Let the spool drain (a background replay every 2 s) before counting.
             deadline = time.monotonic() + 60
@@ -415,6 +496,7 @@ def main() -> None:
             "serve_cpu_ms_per_call": round((cpu_after[0] - cpu_before[0]) / max(calls, 1) * 1000, 2),
             "postgres_cpu_ms_per_call": round((cpu_after[1] - cpu_before[1]) / max(calls, 1) * 1000, 2),
             "client_cpu_ms_per_call": round((cpu_after[2] - cpu_before[2]) / max(calls, 1) * 1000, 2),
+            **timeline(tally, host),
             "errors": sum(tally.errors.values()),
             "error_kinds": tally.errors,
             "answered_from_spool": tally.spooled,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import psycopg
@@ -126,6 +126,17 @@ def advisory_lock(conn: psycopg.Connection, key: int) -> Iterator[bool]:
         if taken:
             with contextlib.suppress(psycopg.Error):  # a lost connection has released it anyway
                 conn.execute("select pg_advisory_unlock(%s)", (key,))
+
+
+def array_literal(values: Iterable[object]) -> str:
+    """``values`` as one PostgreSQL array literal (``{"a",NULL}``; each value as ``str`` gives it), for a
+    parameter the statement casts (``%s::text[]``): psycopg adapts a list element by element in Python,
+    about 10 us an array, more than some of the hot path's statements take to run."""
+    return "{" + ",".join("NULL" if v is None else _quoted(str(v)) for v in values) + "}"
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def one_row(conn: psycopg.Connection, query: Query, params: Params | None = None) -> tuple[Any, ...]:

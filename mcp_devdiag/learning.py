@@ -42,12 +42,13 @@ from typing import Literal
 
 import psycopg
 
-from devdiag_db.db import in_transaction
+from devdiag_db.db import array_literal, in_transaction
 from mcp_devdiag.catalog import Catalog, Fix
 
 log = logging.getLogger(__name__)
 
 Source = Literal["tenant", "all_tenants", "catalog"]
+_ARRAYS_KEPT = 1024  # sets of problems whose catalog arrays are kept (a diagnose finds one to three)
 VIEW_RETRY_S = 60.0  # after the view failed, read raw outcomes for this long before trying it again
 
 # The tenant's own outcomes of the fixes asked about, counted live: one index-only range scan of
@@ -108,14 +109,14 @@ _FROM_VIEW = (
     "with cat as ("
     + _CATALOG
     + """),
-others as (
+others as materialized (
     select distinct on (r.problem_code, r.fix_id)
         r.problem_code,
         r.fix_id,
         r.successes_all - case when r.tenant_id = %(tenant)s then r.successes_tenant else 0 end as successes_others,
         r.attempts_all - case when r.tenant_id = %(tenant)s then r.attempts_tenant else 0 end as attempts_others
     from devdiag.v_fix_ranking as r
-    where r.tenant_id in (%(tenant)s, '*') and r.problem_code = any(%(problems)s)
+    where r.tenant_id in (%(tenant)s, '*') and r.problem_code = any(%(problems)s::text[])
     order by r.problem_code, r.fix_id, r.tenant_id = '*'
 ),
 live as ("""
@@ -129,7 +130,7 @@ _FROM_RAW = (
     "with cat as ("
     + _CATALOG
     + """),
-others as (
+others as materialized (
     select
         d.problem_code,
         d.fix_suggestion as fix_id,
@@ -139,7 +140,7 @@ others as (
     where
         d.resolution is not null
         and d.fix_suggestion is not null
-        and d.problem_code = any(%(problems)s)
+        and d.problem_code = any(%(problems)s::text[])
         and d.tenant_id <> %(tenant)s
     group by 1, 2
 ),
@@ -216,6 +217,7 @@ class Learner:
         self.last_path: Literal["view", "raw"] | None = None  # which path the last read took
         self._warned = False
         self._view_answered = False
+        self._catalog_arrays: dict[tuple[str, ...], dict[str, str]] = {}
 
     def priors(self, codes: Sequence[str]) -> dict[str, list[FixScore]]:
         """The catalog's priors, for when the database cannot be asked (fix_confidence with no outcomes)."""
@@ -227,20 +229,29 @@ class Learner:
         if not codes:
             return {}
         problems = [self.catalog.problem(code) for code in codes]
-        params = {
-            "tenant": tenant,
-            "problems": codes,
-            "codes": [p.code for p in problems for _ in p.fixes],
-            "fix_ids": [f.id for p in problems for f in p.fixes],
-            "priors": [f.prior for p in problems for f in p.fixes],
-        }
-        rows = self._query(conn, params)
+        rows = self._query(conn, {"tenant": tenant, **self._arrays(tuple(codes))})
         fixes = {f.id: f for p in problems for f in p.fixes}
         found: dict[str, list[FixScore]] = {code: [] for code in codes}
         for code, fix_id, s_t, a_t, s_a, a_a, confidence, m, k in rows:
             found[code].append(FixScore(code, fixes[fix_id], float(confidence), s_t, a_t, s_a, a_a, float(m), float(k)))
         order = {f.id: i for p in problems for i, f in enumerate(p.fixes)}
         return {code: ranked(sorted(found[code], key=lambda s: order[s.fix.id])) for code in codes}
+
+    def _arrays(self, codes: tuple[str, ...]) -> dict[str, str]:
+        """The catalog's side of the query for these problems, as array literals: made once per set of
+        problems (a team's errors recur), not adapted element by element on every call."""
+        arrays = self._catalog_arrays.get(codes)
+        if arrays is None:
+            problems = [self.catalog.problem(code) for code in codes]
+            arrays = {
+                "problems": array_literal(codes),
+                "codes": array_literal(p.code for p in problems for _ in p.fixes),
+                "fix_ids": array_literal(f.id for p in problems for f in p.fixes),
+                "priors": array_literal(f.prior for p in problems for f in p.fixes),
+            }
+            if len(self._catalog_arrays) < _ARRAYS_KEPT:
+                self._catalog_arrays[codes] = arrays
+        return arrays
 
     def _query(self, conn: psycopg.Connection, params: dict) -> list[tuple]:
         if time.monotonic() >= self._view_retry_at:

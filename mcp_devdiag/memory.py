@@ -27,7 +27,7 @@ from typing import NamedTuple, Protocol
 
 import psycopg
 
-from devdiag_db.db import scalar
+from devdiag_db.db import array_literal, scalar
 from mcp_devdiag.catalog import UNRECOGNISED
 from mcp_devdiag.redaction import redact
 
@@ -370,10 +370,10 @@ class _Groups:
         conn.execute(
             _UPSERT,
             (
-                [tenant for (tenant, _), _ in ordered],
-                [sig for (_, sig), _ in ordered],
-                ["{" + ",".join(map(str, keys(*key))) + "}" for key, _ in ordered],  # int[][] would unnest flat
-                *map(list, zip(*(group.columns() for _, group in ordered), strict=True)),
+                array_literal(tenant for (tenant, _), _ in ordered),
+                array_literal(sig for (_, sig), _ in ordered),
+                array_literal(array_literal(keys(*key)) for key, _ in ordered),  # int[][] would unnest flat
+                *map(array_literal, zip(*(group.columns() for _, group in ordered), strict=True)),
             ),
         )
         return len(ordered)
@@ -384,8 +384,8 @@ class _Groups:
 _NOTE = f"""
     insert into {TABLE} as m (tenant_id, signature, lsh, problem_code, runs, first_seen, last_seen, last_run_id,
                               outcome_run_id, resolution, note, resolved_at)
-    values (%(tenant)s, %(signature)s, %(lsh)s, %(code)s, 1, %(ts)s, %(ts)s, %(run)s, %(run)s, %(resolution)s,
-            %(note)s, %(at)s)
+    values (%(tenant)s, %(signature)s, %(lsh)s::integer[], %(code)s, 1, %(ts)s, %(ts)s, %(run)s, %(run)s,
+            %(resolution)s, %(note)s, %(at)s)
     on conflict (tenant_id, signature) do update set
         outcome_run_id = excluded.outcome_run_id,
         resolution = excluded.resolution,
@@ -474,7 +474,7 @@ def note_outcome(
         {
             "tenant": first.tenant_id,
             "signature": sig,
-            "lsh": keys(first.tenant_id, sig),
+            "lsh": array_literal(keys(first.tenant_id, sig)),
             "code": first.problem_code,
             "ts": first.ts,
             "run": first.run_id,
@@ -555,7 +555,7 @@ class Memory:
         params = {
             "tenant": tenant,
             "signature": sig,
-            "keys": keys(tenant, sig),
+            "keys": array_literal(keys(tenant, sig)),
             "min_similarity": MIN_SIMILARITY,
             "limit": limit,
             "unrecognised": UNRECOGNISED,

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest import tenant_service  # the module pytest loaded: importing it again would rerun its env reset
 
 from devdiag_db import cluster
 from devdiag_db.config import ConnectionSettings
@@ -272,7 +273,6 @@ def test_the_mcp_server_diagnoses_and_learns_on_the_cluster(built, tmp_path):
 
 def test_the_team_memory_answers_within_its_tenant_on_the_workers(built, tmp_path):
     from orchestrator.secrets import role_password
-    from tests.python.conftest import tenant_service
 
     writer = ConnectionSettings(
         {**built.params, "host": "127.0.0.1", "user": "devdiag_writer", "password": role_password("devdiag_writer")}
