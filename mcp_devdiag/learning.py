@@ -36,7 +36,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -48,7 +48,7 @@ from mcp_devdiag.catalog import Catalog, Fix
 log = logging.getLogger(__name__)
 
 Source = Literal["tenant", "all_tenants", "catalog"]
-_ARRAYS_KEPT = 1024  # sets of problems whose catalog arrays are kept (a diagnose finds one to three)
+_ARRAYS_KEPT = 1024  # sets of fixes whose catalog arrays are kept (a diagnose finds one to three problems)
 VIEW_RETRY_S = 60.0  # after the view failed, read raw outcomes for this long before trying it again
 
 # The tenant's own outcomes of the fixes asked about, counted live: one index-only range scan of
@@ -217,7 +217,7 @@ class Learner:
         self.last_path: Literal["view", "raw"] | None = None  # which path the last read took
         self._warned = False
         self._view_answered = False
-        self._catalog_arrays: dict[tuple[str, ...], dict[str, str]] = {}
+        self._catalog_arrays: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
 
     def priors(self, codes: Sequence[str]) -> dict[str, list[FixScore]]:
         """The catalog's priors, for when the database cannot be asked (fix_confidence with no outcomes)."""
@@ -229,28 +229,49 @@ class Learner:
         if not codes:
             return {}
         problems = [self.catalog.problem(code) for code in codes]
-        rows = self._query(conn, {"tenant": tenant, **self._arrays(tuple(codes))})
-        fixes = {f.id: f for p in problems for f in p.fixes}
         found: dict[str, list[FixScore]] = {code: [] for code in codes}
-        for code, fix_id, s_t, a_t, s_a, a_a, confidence, m, k in rows:
-            found[code].append(FixScore(code, fixes[fix_id], float(confidence), s_t, a_t, s_a, a_a, float(m), float(k)))
+        for score in self._scores(conn, tenant, tuple((p.code, f) for p in problems for f in p.fixes)):
+            found[score.problem_code].append(score)
         order = {f.id: i for p in problems for i, f in enumerate(p.fixes)}
         return {code: ranked(sorted(found[code], key=lambda s: order[s.fix.id])) for code in codes}
 
-    def _arrays(self, codes: tuple[str, ...]) -> dict[str, str]:
-        """The catalog's side of the query for these problems, as array literals: made once per set of
-        problems (a team's errors recur), not adapted element by element on every call."""
-        arrays = self._catalog_arrays.get(codes)
+    def confidence(
+        self, conn: psycopg.Connection, tenant: str, pairs: Iterable[tuple[str, str | None]]
+    ) -> dict[tuple[str, str | None], float]:
+        """The learned confidence of just these (problem, fix) pairs, the catalog's fixes among them:
+        what an outcome's answer shows, without counting the outcomes of the problem's other fixes
+        (a fix's confidence depends on its own outcomes only)."""
+        wanted = set(pairs)
+        fixes = tuple(
+            (code, fix)
+            for code in dict.fromkeys(code for code, _ in wanted if code in self.catalog.problems)
+            for fix in self.catalog.problem(code).fixes
+            if (code, fix.id) in wanted
+        )
+        return {(s.problem_code, s.fix.id): s.confidence for s in self._scores(conn, tenant, fixes)} if fixes else {}
+
+    def _scores(self, conn: psycopg.Connection, tenant: str, fixes: tuple[tuple[str, Fix], ...]) -> list[FixScore]:
+        rows = self._query(conn, {"tenant": tenant, **self._arrays(fixes)})
+        by_id = {(code, f.id): f for code, f in fixes}
+        return [
+            FixScore(code, by_id[code, fix_id], float(confidence), s_t, a_t, s_a, a_a, float(m), float(k))
+            for code, fix_id, s_t, a_t, s_a, a_a, confidence, m, k in rows
+        ]
+
+    def _arrays(self, fixes: tuple[tuple[str, Fix], ...]) -> dict[str, str]:
+        """The catalog's side of the query for these fixes, as array literals: made once per set of
+        fixes (a team's errors recur), not adapted element by element on every call."""
+        key = tuple((code, fix.id) for code, fix in fixes)
+        arrays = self._catalog_arrays.get(key)
         if arrays is None:
-            problems = [self.catalog.problem(code) for code in codes]
             arrays = {
-                "problems": array_literal(codes),
-                "codes": array_literal(p.code for p in problems for _ in p.fixes),
-                "fix_ids": array_literal(f.id for p in problems for f in p.fixes),
-                "priors": array_literal(f.prior for p in problems for f in p.fixes),
+                "problems": array_literal(dict.fromkeys(code for code, _ in fixes)),
+                "codes": array_literal(code for code, _ in fixes),
+                "fix_ids": array_literal(fix.id for _, fix in fixes),
+                "priors": array_literal(fix.prior for _, fix in fixes),
             }
             if len(self._catalog_arrays) < _ARRAYS_KEPT:
-                self._catalog_arrays[codes] = arrays
+                self._catalog_arrays[key] = arrays
         return arrays
 
     def _query(self, conn: psycopg.Connection, params: dict) -> list[tuple]:

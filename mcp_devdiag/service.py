@@ -533,11 +533,8 @@ class DevDiag:
         )
         ids = {r.id for r in problems}
         after = [r for r in run if r.id in ids]  # the targeted findings, as they are now
-        codes = [r.problem_code for r in after if r.problem_code is not None]
-        learned = self.learner.scores(conn, tenant, [c for c in codes if c in self.catalog.problems])
-        confidence: dict[tuple[str, str | None], float] = {
-            (s.problem_code, s.fix.id): s.confidence for scores in learned.values() for s in scores
-        }
+        pairs = [(r.problem_code, r.fix_suggestion) for r in after if r.problem_code is not None]
+        confidence = self.learner.confidence(conn, tenant, pairs)  # of the credited fixes only
         notes = []
         if updated == 0:
             notes.append("already recorded: nothing changed (this outcome, or a later one, is in place)")

@@ -264,6 +264,9 @@ def test_an_outcome_recorded_between_builds_counts_exactly_once(pg, template):
             def counts() -> tuple[int, int, int, int]:
                 score = next(s for s in learner.scores(conn, TENANT, [code])[code] if s.fix.id == fix)
                 assert learner.last_path == "view"
+                # record_outcome asks for the credited fix alone: the same confidence as in the ranking
+                asked = [(code, fix), (code, None), (code, "not-a-fix"), ("NOT_A_PROBLEM", fix)]
+                assert learner.confidence(conn, TENANT, asked) == pytest.approx({(code, fix): score.confidence})
                 return score.successes_tenant, score.attempts_tenant, score.successes_all, score.attempts_all
 
             mine, late, other = finding(TENANT), finding(TENANT), finding("other-team")
