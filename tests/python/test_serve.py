@@ -207,6 +207,39 @@ def test_healthz_reports_the_version_and_schema(served):
     assert body["schema"] == {"diag_run": True, "api_token": True, "row_security": True}
 
 
+def test_a_keep_alive_connection_is_renewed_after_its_limit_of_requests(served):
+    """The last answer a connection gets (the 50th) says `Connection: close` and the server closes it: the client's
+    next connection may go to a less busy worker (KeepAliveLimit). Each connection counts its own."""
+    from mcp_devdiag.http import KEEPALIVE_REQUESTS
+
+    def get(conn: socket.socket) -> str:
+        conn.sendall(f"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1:{served.port}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = conn.recv(65536)
+            assert chunk, "the server closed the connection before answering"
+            head += chunk
+        raw, _, body = head.partition(b"\r\n\r\n")
+        headers = raw.decode("latin-1").lower()
+        length = int(headers.split("content-length:", 1)[1].split("\r\n", 1)[0])
+        while len(body) < length:
+            body += conn.recv(65536)
+        assert headers.startswith("http/1.1 200")
+        return headers
+
+    address = ("127.0.0.1", served.port)
+    with (
+        socket.create_connection(address, timeout=10) as first,
+        socket.create_connection(address, timeout=10) as second,
+    ):
+        for _ in range(KEEPALIVE_REQUESTS - 1):
+            assert "connection: close" not in get(first)
+        assert "connection: close" not in get(second)  # its own count: 1
+        assert "connection: close" in get(first)
+        assert first.recv(1) == b""  # closed by the server
+        assert "connection: close" not in get(second)
+
+
 def test_a_large_body_gets_413(served, token_a):
     big = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "diagnose"}, "pad": "x" * 400_000}
     headers = {**HEADERS, "authorization": f"Bearer {token_a}"}
@@ -385,7 +418,7 @@ def test_a_worker_freezes_its_startup_heap_while_it_serves(pg, tmp_path):
 
     writer = login(pg, "devdiag_writer")
     settings = ServerSettings(tenant="t", environment="e", database=DatabaseTarget(writer), spool_dir=tmp_path / "s")
-    starlette_app = http.build_app(settings, http.HttpSettings()).asgi.app  # inside the rate limiter
+    starlette_app = http.build_app(settings, http.HttpSettings()).asgi.app.app  # inside the two limits
 
     async def frozen_while_serving() -> int:
         async with starlette_app.router.lifespan_context(starlette_app):
