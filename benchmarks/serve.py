@@ -20,6 +20,7 @@ busy, iowait, steal): a miss spread over the run is too little CPU, one of a few
 
     python benchmarks/serve.py [--clients 50] [--calls 200] [--tenants 10] [--workers 2] [--json]   # saturation
     python benchmarks/serve.py --rate 200                                   # 200 calls/s offered: latency at that load
+    python benchmarks/serve.py --rate 200 --synchronous-commit off          # commits not waiting for the disk
     python benchmarks/serve.py --clients 20 --calls 250 --fault db-restart   # 5,000 calls, PostgreSQL stopped mid-load
     python benchmarks/serve.py --clients 20 --calls 250 --fault kill-serve   # SIGKILL of serve mid-load, restarted
 """
@@ -396,11 +397,18 @@ def main() -> None:
         "--rate", type=float, default=0, help="offered calls/s over all clients (default 0: back to back, saturation)"
     )
     parser.add_argument("--rate-limit", default="100000", help="serve's --rate-limit (default: high, not in the way)")
+    parser.add_argument(
+        "--synchronous-commit",
+        choices=["on", "off"],
+        default="on",
+        help="serve's DEVDIAG_SYNCHRONOUS_COMMIT (off: tool calls' commits do not wait for the disk)",
+    )
     parser.add_argument("--fault", choices=["none", "db-restart", "kill-serve"], default="none")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the temporary DEVDIAG_HOME")
     args = parser.parse_args()
 
+    os.environ["DEVDIAG_SYNCHRONOUS_COMMIT"] = args.synchronous_commit  # for serve, and serve restarted
     home = fresh_home("devdiag-bench-serve-")
     from devdiag_db import db, embedded, tokens
 
@@ -483,6 +491,7 @@ def main() -> None:
             "tenants": args.tenants,
             "calls_per_client": args.calls,
             "workers": args.workers,
+            "synchronous_commit": args.synchronous_commit,
             "fault": args.fault,
             "calls": calls,
             "seconds": round(elapsed, 2),

@@ -61,13 +61,19 @@ TENANT_SETTING = "devdiag.tenant"
 
 @contextlib.contextmanager
 def tenant_transaction(
-    conn: psycopg.Connection, tenant: str | None, *, statement_timeout_ms: int | None = None
+    conn: psycopg.Connection,
+    tenant: str | None,
+    *,
+    statement_timeout_ms: int | None = None,
+    synchronous_commit: bool = True,
 ) -> Iterator[psycopg.Connection]:
     """A transaction (a savepoint inside one) in which row-level security sees ``tenant`` only.
 
     The setting is transaction-local (``set local``), so it never outlives the transaction on a
     pooled connection; None or "" is no tenant: the server's role then sees and writes nothing. A
-    ``statement_timeout_ms`` bounds each statement of the transaction. ``set local`` rather than
+    ``statement_timeout_ms`` bounds each statement of the transaction. Without ``synchronous_commit``
+    its commit returns before the WAL reaches the disk (PostgreSQL's ``synchronous_commit = off``:
+    a database crash may lose it, never half of it). ``set local`` rather than
     ``set_config()``: on Citus the policies run on the workers, and only ``set local`` reaches them
     (``citus.propagate_set_commands = local``, set by `devdiag setup`).
     """
@@ -75,6 +81,8 @@ def tenant_transaction(
     if statement_timeout_ms is not None:
         timeout = sql.SQL("; set local statement_timeout = {}").format(max(int(statement_timeout_ms), 1))
         settings = sql.Composed([settings, timeout])
+    if not synchronous_commit:
+        settings = sql.Composed([settings, _ASYNC_COMMIT])
     if not conn.autocommit or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         with conn.transaction():  # a savepoint in the caller's transaction, or psycopg's own
             conn.execute(settings)
@@ -94,6 +102,7 @@ def tenant_transaction(
 
 
 _BEGIN = sql.SQL("begin; ")
+_ASYNC_COMMIT = sql.SQL("; set local synchronous_commit = off")
 
 
 @functools.lru_cache(maxsize=1024)

@@ -404,6 +404,7 @@ def build_app(settings: ServerSettings, http: HttpSettings, *, recorder: Recorde
         settings.database,
         Spool(settings.spool_dir, settings.spool_max_bytes),
         connect_timeout=settings.connect_timeout_s,
+        synchronous_commit=settings.synchronous_commit,
     )
     verifier = DevDiagTokenVerifier(recorder, grace_s=http.token_grace_s)
     auth = AuthSettings(issuer_url=AnyHttpUrl(_ISSUER), resource_server_url=None)

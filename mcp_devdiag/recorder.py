@@ -109,10 +109,13 @@ def _first_line(error: BaseException) -> str:
 
 
 class Recorder:
-    def __init__(self, target: DatabaseTarget, spool: Spool, *, connect_timeout: float = 2.0) -> None:
+    def __init__(
+        self, target: DatabaseTarget, spool: Spool, *, connect_timeout: float = 2.0, synchronous_commit: bool = True
+    ) -> None:
         self.target = target
         self.spool = spool
         self.connect_timeout = connect_timeout
+        self.synchronous_commit = synchronous_commit  # of tool calls; replays always wait for the disk
         self._pool: ConnectionPool | None = None
         self._lock = threading.Lock()
         self._retry_at = 0.0
@@ -212,7 +215,9 @@ class Recorder:
             # The connection's own statement_timeout is the deadline's but for the slack: a shorter one
             # only when it matters (a second statement to parse in every call otherwise).
             timeout = left_ms if left_ms is not None and left_ms < STATEMENT_TIMEOUT_MS - TIMEOUT_SLACK_MS else None
-            with tenant_transaction(conn, tenant, statement_timeout_ms=timeout):
+            with tenant_transaction(
+                conn, tenant, statement_timeout_ms=timeout, synchronous_commit=self.synchronous_commit
+            ):
                 yield Session(conn, replayed.rows_inserted if replayed else 0)
 
     def close(self) -> None:

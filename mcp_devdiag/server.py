@@ -99,7 +99,12 @@ def build_server(
         return claimed
 
     spool = Spool(settings.spool_dir, settings.spool_max_bytes)
-    recorder = recorder or Recorder(settings.database, spool, connect_timeout=settings.connect_timeout_s)
+    recorder = recorder or Recorder(
+        settings.database,
+        spool,
+        connect_timeout=settings.connect_timeout_s,
+        synchronous_commit=settings.synchronous_commit,
+    )
     app = DevDiag(settings, recorder, catalog or load_catalog(), rng=rng)
     server = DevDiagServer(
         "devdiag",

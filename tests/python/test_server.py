@@ -21,7 +21,7 @@ from mcp_devdiag import classifier
 from mcp_devdiag.catalog import load_catalog
 from mcp_devdiag.server import build_server
 from mcp_devdiag.service import DevDiag
-from mcp_devdiag.settings import DatabaseTarget, ServerSettings
+from mcp_devdiag.settings import ConfigError, DatabaseTarget, ServerSettings, load
 from orchestrator import dbt
 
 ENV = "linux/python-3.12/node-20"
@@ -113,6 +113,27 @@ def test_five_tools_with_schemas_annotations_and_version(make):
         "manual",
         "failed",
     }
+
+
+def test_synchronous_commit_off_applies_to_the_tool_calls_transactions_only(make, pg, tmp_path):
+    """DEVDIAG_SYNCHRONOUS_COMMIT=off: a tool call's transaction commits without waiting for the WAL
+    flush (``set local``: the pooled connection, spool replays and token checks keep the durable
+    default), and its run is stored all the same. Any other value than on or off is refused in one line."""
+    fast_server, fast = make(synchronous_commit=False)
+    _, durable = make()
+    for app, expected in ((fast, "off"), (durable, "on")):
+        with app.recorder.session(app.settings.tenant) as session:
+            assert session.conn.execute("show synchronous_commit").fetchone() == (expected,)
+        with app.recorder.connection() as conn:
+            assert conn.execute("show synchronous_commit").fetchone() == ("on",)
+    body = ok(fast_server, "diagnose", {"error_text": "Error: listen EADDRINUSE: address already in use :::3000"})
+    assert [row["problem_code"] for row in rows_of(pg, body["run_id"])] == ["PORT_IN_USE"]
+
+    env = {"DEVDIAG_SPOOL_DIR": str(tmp_path / "spool"), "DEVDIAG_ENVIRONMENT": "linux"}
+    assert load(env).synchronous_commit is True
+    assert load({**env, "DEVDIAG_SYNCHRONOUS_COMMIT": "off"}).synchronous_commit is False
+    with pytest.raises(ConfigError, match=r"^DEVDIAG_SYNCHRONOUS_COMMIT='sometimes' is not valid: write on or off$"):
+        load({**env, "DEVDIAG_SYNCHRONOUS_COMMIT": "sometimes"})
 
 
 def test_diagnose_returns_ranked_fixes_and_records_one_row_per_finding(make, pg):
