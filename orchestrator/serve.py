@@ -108,7 +108,7 @@ def serve(
 
     try:
         base = http.http_settings()
-        load()  # every DEVDIAG_* setting the tools read, checked now rather than in each worker
+        tools = load()  # every DEVDIAG_* setting the tools read, checked now rather than in each worker
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
     try:
@@ -133,9 +133,10 @@ def serve(
         os.environ["DEVDIAG_PG_DSN"] = where.url(with_password=True)
     if warning:
         click.echo(f"devdiag serve: {warning}", err=True)
+    durability = "" if tools.synchronous_commit else ", commits not waiting for the disk"
     click.echo(
         f"devdiag serve: http://{settings.host}:{settings.port}{http.MCP_PATH} ({settings.workers} worker"
-        f"{'s' if settings.workers > 1 else ''}, {where.describe()})",
+        f"{'s' if settings.workers > 1 else ''}, {where.describe()}{durability})",
         err=True,
     )
     uvicorn.run(

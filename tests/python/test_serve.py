@@ -290,6 +290,8 @@ def test_bad_options_and_a_taken_port_are_refused_in_one_line(pg, tmp_path):
     assert "rate limit" in line and "600/min" in line
     line, _ = _refused(tmp_path / "env", env={"DEVDIAG_TOKEN_GRACE": "-3"})
     assert "DEVDIAG_TOKEN_GRACE" in line
+    line, _ = _refused(tmp_path / "commit", env={"DEVDIAG_SYNCHRONOUS_COMMIT": "later"})
+    assert "DEVDIAG_SYNCHRONOUS_COMMIT='later' is not valid: write on or off" in line
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -391,8 +393,9 @@ def test_the_rate_limit_is_per_token():
 
 
 def test_two_workers_answer_the_same_tokens(pg, tmp_path, tenant_a):
-    """The default (2 processes, each built by app_factory from the environment) serves stateless calls."""
-    server = serve(tmp_path, "--workers", "2").start()
+    """The default (2 processes, each built by app_factory from the environment) serves stateless calls;
+    the start-up line says when commits do not wait for the disk."""
+    server = serve(tmp_path, "--workers", "2", env={"DEVDIAG_SYNCHRONOUS_COMMIT": "off"}).start()
     token = new_token(pg, tenant_a)
     try:
         with httpx2.Client(timeout=30, limits=httpx2.Limits(max_connections=4)) as client:
@@ -403,6 +406,7 @@ def test_two_workers_answer_the_same_tokens(pg, tmp_path, tenant_a):
         code = server.stop()
     assert [status for status, _ in answers] == [200] * 8
     assert code in CLEAN_EXIT
+    assert ", commits not waiting for the disk)" in server.log.read_text().splitlines()[0]
 
 
 def test_a_worker_freezes_its_startup_heap_while_it_serves(pg, tmp_path):
