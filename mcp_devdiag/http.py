@@ -304,7 +304,9 @@ class KeepAliveLimit:
     socket, and a burst of connections (clients that start together) is accepted mostly by the worker
     that woke first: 32 of 50 in one worker, measured, which then ran two thirds of the calls on its one
     core's worth of interpreter while the other idled. A connection made later is accepted by a worker
-    waiting for one, the less busy: the load evens out as connections renew."""
+    waiting for one, the less busy: the load evens out as connections renew. A connection is known by
+    its client's address and port (behind a proxy, uvicorn's forwarded address with port 0: one client's
+    requests then count together, and the proxy's connection that carries every 50th is renewed)."""
 
     def __init__(self, app: ASGIApp, requests: int = KEEPALIVE_REQUESTS) -> None:
         self.app = app
