@@ -318,7 +318,12 @@ def test_doc_step(step: Step, ops: Ops, monkeypatch: pytest.MonkeyPatch) -> None
         )  # fmt: skip
         code, stdout, output = done.returncode, done.stdout, done.stdout + done.stderr
         assert "ERROR" not in done.stderr, output
-    assert code == EXIT_CODES.get(step.text, 0), f"{command}\n{output}"
+    expected = EXIT_CODES.get(step.text, 0)
+    if words[:2] == ["devdiag", "alerts"]:
+        # The doc's promise: 1 when an alert fires. The demo's last 7 days end at this very hour, and
+        # their average confidence can dip under 0.70 (0.687 seen in CI): confidence_drop then fires.
+        expected = 1 if re.search(r'\bFIRING\b|"state": "firing"', output) else 0
+    assert code == expected, f"{command}\n{output}"
     if "--json" in words:
         json.loads(stdout)
     check_effect(step, command, stdout, ops)
