@@ -77,12 +77,10 @@ def tenant_transaction(
     ``set_config()``: on Citus the policies run on the workers, and only ``set local`` reaches them
     (``citus.propagate_set_commands = local``, set by `devdiag setup`).
     """
-    settings = _set_tenant(tenant or "")
+    settings = _set_tenant(tenant or "", synchronous_commit)
     if statement_timeout_ms is not None:
         timeout = sql.SQL("; set local statement_timeout = {}").format(max(int(statement_timeout_ms), 1))
         settings = sql.Composed([settings, timeout])
-    if not synchronous_commit:
-        settings = sql.Composed([settings, _ASYNC_COMMIT])
     if not conn.autocommit or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         with conn.transaction():  # a savepoint in the caller's transaction, or psycopg's own
             conn.execute(settings)
@@ -102,13 +100,14 @@ def tenant_transaction(
 
 
 _BEGIN = sql.SQL("begin; ")
-_ASYNC_COMMIT = sql.SQL("; set local synchronous_commit = off")
 
 
 @functools.lru_cache(maxsize=1024)
-def _set_tenant(tenant: str) -> sql.Composed:
-    """``set local devdiag.tenant = '...'``, composed once per tenant (every tool call sends it)."""
-    return sql.SQL("set local {} = {}").format(sql.Identifier(*TENANT_SETTING.split(".")), tenant)
+def _set_tenant(tenant: str, synchronous_commit: bool) -> sql.Composed:
+    """``set local devdiag.tenant = '...'`` (and ``synchronous_commit = off``), composed once per tenant
+    and setting (every tool call sends it)."""
+    tenant_setting = sql.SQL("set local {} = {}").format(sql.Identifier(*TENANT_SETTING.split(".")), tenant)
+    return tenant_setting if synchronous_commit else tenant_setting + sql.SQL("; set local synchronous_commit = off")
 
 
 def in_transaction(conn: psycopg.Connection) -> bool:
