@@ -17,12 +17,16 @@ other than the caller's token's (cross-tenant).
 Where a p99 goes: the run second by second (by each call's start), the number of seconds whose own
 p99 was over 100 ms and the worst second, with the machine's CPU time in it by kind (/proc/stat:
 busy, iowait, steal): a miss spread over the run is too little CPU, one of a few seconds is a stall.
+The disk is probed alongside (`DiskProbe`: an 8 kB write and `fdatasync` every 50 ms beside the
+database, timed): `disk_flush_max_ms`, `disk_stalls_over_100ms`, and the longest flush around the worst
+second. A stall there held every durable commit in flight, whatever the server does.
 
     python benchmarks/serve.py [--clients 50] [--calls 200] [--tenants 10] [--workers 2] [--json]   # saturation
     python benchmarks/serve.py --rate 200                                   # 200 calls/s offered: latency at that load
     python benchmarks/serve.py --rate 200 --synchronous-commit off          # commits not waiting for the disk
     python benchmarks/serve.py --clients 20 --calls 250 --fault db-restart   # 5,000 calls, PostgreSQL stopped mid-load
     python benchmarks/serve.py --clients 20 --calls 250 --fault kill-serve   # SIGKILL of serve mid-load, restarted
+    python benchmarks/serve.py --disk-only 60                                # the disk's flushes alone, no load
 """
 
 from __future__ import annotations
@@ -245,18 +249,16 @@ def wait_healthy(port: int, process: subprocess.Popen, timeout: float = 60) -> N
     raise SystemExit("devdiag serve did not become healthy within 60 s")
 
 
-class HostSampler:
-    """The machine's CPU time by kind (/proc/stat, every 0.25 s, in a thread): what a slow second of the
-    run had around it, busy, waiting on the disk (iowait) or taken by the hypervisor (steal)."""
+class Sampler:
+    """Something of the machine sampled in a thread every ``every`` seconds while the run lasts."""
 
-    KINDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    every = 0.25
 
     def __init__(self) -> None:
-        self.samples: list[tuple[float, tuple[int, ...]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> HostSampler:
+    def __enter__(self) -> Sampler:
         self._thread.start()
         return self
 
@@ -266,11 +268,28 @@ class HostSampler:
 
     def _run(self) -> None:
         while True:
-            with open("/proc/stat") as stat:
-                ticks = tuple(int(v) for v in stat.readline().split()[1 : 1 + len(self.KINDS)])
-            self.samples.append((time.perf_counter(), ticks))
-            if self._stop.wait(0.25):
+            self.sample()
+            if self._stop.wait(self.every):
                 return
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+
+class HostSampler(Sampler):
+    """The machine's CPU time by kind (/proc/stat, every 0.25 s): what a slow second of the run had
+    around it, busy, waiting on the disk (iowait) or taken by the hypervisor (steal)."""
+
+    KINDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.samples: list[tuple[float, tuple[int, ...]]] = []
+
+    def sample(self) -> None:
+        with open("/proc/stat") as stat:
+            ticks = tuple(int(v) for v in stat.readline().split()[1 : 1 + len(self.KINDS)])
+        self.samples.append((time.perf_counter(), ticks))
 
     def shares(self, start: float, end: float) -> dict[str, float]:
         """Percent of the machine's CPU time between ``start`` and ``end`` (perf_counter) by kind."""
@@ -288,7 +307,52 @@ class HostSampler:
         }
 
 
-def timeline(tally: Tally, host: HostSampler, threshold_s: float = 0.1) -> dict:
+class DiskProbe(Sampler):
+    """The disk's own flush latency during the run: every 50 ms, 8 kB written over a block of a probe
+    file beside the database and ``fdatasync``ed, timed, as PostgreSQL flushes its WAL at each commit.
+    A flush that stalls here stalls every commit in flight (unless DEVDIAG_SYNCHRONOUS_COMMIT=off),
+    whatever DevDiag does: 20 flushes a second, against PostgreSQL's 100-200, to see it, not cause it."""
+
+    every = 0.05
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__()
+        self.path = directory / "disk-probe"
+        self.flushes: list[tuple[float, float]] = []  # (start, seconds)
+        self._block = os.urandom(8192)
+
+    def __enter__(self) -> DiskProbe:
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+        super().__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        os.close(self._fd)
+        self.path.unlink(missing_ok=True)
+
+    def sample(self) -> None:
+        os.pwrite(self._fd, self._block, (len(self.flushes) % 128) * 8192)
+        start = time.perf_counter()
+        os.fdatasync(self._fd)
+        self.flushes.append((start, time.perf_counter() - start))
+
+    def worst_ms(self, start: float, end: float) -> float:
+        """The longest flush that overlapped ``start``..``end`` (perf_counter), in ms."""
+        return round(max((s for at, s in self.flushes if at <= end and at + s >= start), default=0) * 1000, 1)
+
+    def summary(self) -> dict:
+        seconds = sorted(s for _, s in self.flushes)
+        return {
+            "disk_flushes": len(seconds),
+            "disk_flush_p50_ms": round(percentile(seconds, 0.5) * 1000, 2) if seconds else None,
+            "disk_flush_max_ms": round(seconds[-1] * 1000, 1) if seconds else None,
+            "disk_stalls_over_100ms": sum(s > 0.1 for s in seconds),
+            "disk_stalls_ms": [round(s * 1000) for _, s in self.flushes if s > 0.1],
+        }
+
+
+def timeline(tally: Tally, host: HostSampler, disk: DiskProbe, threshold_s: float = 0.1) -> dict:
     """The run second by second (by each call's start): how many seconds had a p99 over the threshold,
     and the worst second, with what the machine was doing then: a miss of the p99 goal is either spread
     over the run (too little CPU) or a stall of a few seconds (the disk, the hypervisor, a pause)."""
@@ -313,6 +377,8 @@ def timeline(tally: Tally, host: HostSampler, threshold_s: float = 0.1) -> dict:
             "calls": len(seconds[worst]),
             "p99_ms": round(p99s[worst] * 1000, 1),
             **host.shares(first + worst, first + worst + 1),
+            # calls started in the second before the worst one may have waited on a stall in it
+            "disk_flush_max_ms": disk.worst_ms(first + worst - 1, first + worst + 1),
         },
         "host": host.shares(first, first + max(seconds) + 1),
     }
@@ -406,7 +472,19 @@ def main() -> None:
     parser.add_argument("--fault", choices=["none", "db-restart", "kill-serve"], default="none")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the temporary DEVDIAG_HOME")
+    parser.add_argument(
+        "--disk-only",
+        type=float,
+        metavar="SECONDS",
+        help="no server, no load: only the disk probe for SECONDS in the temporary directory (the disk alone)",
+    )
     args = parser.parse_args()
+    if args.disk_only:
+        with tempfile.TemporaryDirectory(prefix="devdiag-bench-disk-") as directory, DiskProbe(Path(directory)) as disk:
+            time.sleep(args.disk_only)
+        report = {"seconds": args.disk_only, **disk.summary()}
+        print(json.dumps(report) if args.json else "\n".join(f"{k:22} {v}" for k, v in report.items()))
+        return
 
     os.environ["DEVDIAG_SYNCHRONOUS_COMMIT"] = args.synchronous_commit  # for serve, and serve restarted
     home = fresh_home("devdiag-bench-serve-")
@@ -473,7 +551,7 @@ def main() -> None:
                 await asyncio.gather(*jobs)
                 return time.perf_counter() - started
 
-            with HostSampler() as host:
+            with HostSampler() as host, DiskProbe(home) as disk:
                 elapsed = run_loop(run())
             cpu_after = (tree_cpu_s(process.pid), tree_cpu_s(postmaster), time.process_time())
             # Let the spool drain (a background replay every 2 s) before counting.
@@ -505,7 +583,8 @@ def main() -> None:
             "serve_cpu_ms_per_call": round((cpu_after[0] - cpu_before[0]) / max(calls, 1) * 1000, 2),
             "postgres_cpu_ms_per_call": round((cpu_after[1] - cpu_before[1]) / max(calls, 1) * 1000, 2),
             "client_cpu_ms_per_call": round((cpu_after[2] - cpu_before[2]) / max(calls, 1) * 1000, 2),
-            **timeline(tally, host),
+            **timeline(tally, host, disk),
+            **disk.summary(),
             "errors": sum(tally.errors.values()),
             "error_kinds": tally.errors,
             "answered_from_spool": tally.spooled,
