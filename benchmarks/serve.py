@@ -377,7 +377,7 @@ def timeline(tally: Tally, host: HostSampler, disk: DiskProbe, threshold_s: floa
             "calls": len(seconds[worst]),
             "p99_ms": round(p99s[worst] * 1000, 1),
             **host.shares(first + worst, first + worst + 1),
-            # calls started in the second before the worst one may have waited on a stall in it
+            # its calls may have waited on a stall that began in the second before
             "disk_flush_max_ms": disk.worst_ms(first + worst - 1, first + worst + 1),
         },
         "host": host.shares(first, first + max(seconds) + 1),
