@@ -7,8 +7,8 @@ needs around it:
 - ``DevDiagTokenVerifier``: every request's token is checked against the database
   (``devdiag_db.tokens.verify``, so a revocation applies to the very next call); only while the
   database is away does a token verified in the last ``DEVDIAG_TOKEN_GRACE`` minutes keep working,
-  from a cache keyed by the token's SHA-256 (never the token), so that ``serve`` still answers from
-  the catalog priors and spools;
+  from a cache keyed by the token's SHA-256 (never the token), which the workers share
+  (``token_grace``), so that ``serve`` still answers from the catalog priors and spools;
 - ``RateLimit``: a token bucket per token (per client address without one), 429 + ``Retry-After``;
 - ``GET /healthz``: 200 with the version and schema when the database answers, 503 otherwise;
 - a background replay of the spool once the database is back, and the pool closed at shutdown.
@@ -51,6 +51,7 @@ from mcp_devdiag.recorder import Recorder
 from mcp_devdiag.server import TENANT_CLAIM, build_server, version
 from mcp_devdiag.settings import ConfigError, ServerSettings, load
 from mcp_devdiag.spool import Spool
+from mcp_devdiag.token_grace import GraceFiles
 
 log = logging.getLogger("mcp_devdiag.http")
 
@@ -177,10 +178,14 @@ class DevDiagTokenVerifier:
         *,
         grace_s: float = DEFAULT_GRACE_MIN * 60,
         clock: Callable[[], float] = time.monotonic,
+        shared: GraceFiles | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.recorder = recorder
         self.grace_s = grace_s
         self.clock = clock
+        self.shared = shared  # the other workers' verifications (a file each), for while the database is away
+        self.wall_clock = wall_clock  # the shared records' time: processes share no monotonic origin we trust
         self._cache: OrderedDict[bytes, _Verified] = OrderedDict()
         self._noted: dict[bytes, float] = {}  # token hash -> when its use was last noted in the database
         self._lock = threading.Lock()
@@ -201,6 +206,11 @@ class DevDiagTokenVerifier:
         except psycopg.Error as error:  # a statement timeout or the like: refuse, say why without the token
             log.warning("token check failed (%s): refused", type(error).__name__)
             return None
+        if self.shared is not None:
+            if info is None:
+                self.shared.forget(key)
+            elif note_use:  # first seen here, or a minute since: as often as the database notes the use
+                self.shared.record(key, info, self.wall_clock())
         with self._lock:
             if info is None:
                 self._cache.pop(key, None)
@@ -216,11 +226,14 @@ class DevDiagTokenVerifier:
     def _from_cache(self, key: bytes) -> AccessToken | None:
         with self._lock:
             hit = self._cache.get(key)
-        if hit is None or self.clock() - hit.at > self.grace_s:
+        info = hit.info if hit is not None and self.clock() - hit.at <= self.grace_s else None
+        if info is None and self.shared is not None:
+            found = self.shared.lookup(key)
+            if found is not None and 0 <= self.wall_clock() - found[1] <= self.grace_s:
+                info = found[0]
+        if info is None or (info.expires_at is not None and info.expires_at <= datetime.now(UTC)):
             return None
-        if hit.info.expires_at is not None and hit.info.expires_at <= datetime.now(UTC):
-            return None
-        return _access(hit.info, key)
+        return _access(info, key)
 
 
 def _access(info: tokens.TokenInfo, key: bytes) -> AccessToken:
@@ -408,7 +421,9 @@ def build_app(settings: ServerSettings, http: HttpSettings, *, recorder: Recorde
         connect_timeout=settings.connect_timeout_s,
         synchronous_commit=settings.synchronous_commit,
     )
-    verifier = DevDiagTokenVerifier(recorder, grace_s=http.token_grace_s)
+    verifier = DevDiagTokenVerifier(
+        recorder, grace_s=http.token_grace_s, shared=GraceFiles(settings.spool_dir / "tokens")
+    )
     auth = AuthSettings(issuer_url=AnyHttpUrl(_ISSUER), resource_server_url=None)
     server, _ = build_server(settings, recorder=recorder, token_verifier=verifier, auth=auth)
 

@@ -2,7 +2,8 @@
 
 The tenant comes from the token; a revocation applies at the very next call; the token's last use is
 noted in the database at most once a minute per token (not a write per call); a token verified
-shortly before keeps working only while the database is away, and only for the grace period.
+shortly before keeps working only while the database is away, and only for the grace period, in every
+worker (the workers share what they verified).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from serve_helpers import new_token
 from devdiag_db import embedded, tokens
 from devdiag_db.config import ConnectionSettings
 from devdiag_db.db import connect
-from mcp_devdiag.http import NOTE_USE_EVERY_S, DevDiagTokenVerifier
+from mcp_devdiag.http import NOTE_USE_EVERY_S, DevDiagTokenVerifier, token_key
 from mcp_devdiag.recorder import Recorder
 from mcp_devdiag.server import TENANT_CLAIM
 from mcp_devdiag.settings import DatabaseTarget
 from mcp_devdiag.spool import Spool
+from mcp_devdiag.token_grace import GraceFiles
 from orchestrator.secrets import role_password
 
 
@@ -95,3 +97,30 @@ def test_the_grace_cache_serves_only_while_the_database_is_away_and_only_for_its
     assert verifier.verify_sync(other) is None  # never verified: not known while away
     clock.now += 2
     assert verifier.verify_sync(token) is None  # past the grace period
+
+
+def test_a_token_verified_by_one_worker_is_served_by_another_while_the_database_is_away(pg, recorder, tmp_path):
+    """Connections move between workers (the keep-alive limit, a proxy's pool): during an outage a
+    worker that never saw a token must know it from the one that did, through the shared records, for
+    the grace period only, and not once the database has refused it."""
+    tenant = f"ver-{uuid.uuid4().hex[:8]}"
+    token, revoked = new_token(pg, tenant), new_token(pg, tenant)
+    shared = GraceFiles(tmp_path / "tokens")
+    clock = Clock()
+    one = DevDiagTokenVerifier(recorder, grace_s=600, clock=clock, shared=shared, wall_clock=clock)
+    other = DevDiagTokenVerifier(recorder, grace_s=600, clock=clock, shared=shared, wall_clock=clock)
+    assert tenant_of(one.verify_sync(token)) == tenant and tenant_of(one.verify_sync(revoked)) == tenant
+    record = (tmp_path / "tokens" / token_key(token).hex()).read_text()
+    assert token not in record and token.split("_")[-1] not in record  # the hash names it; no secret inside
+    with connect(pg) as conn:
+        assert tokens.revoke(conn, revoked.split("_")[1], tenant)
+    assert other.verify_sync(revoked) is None  # the database refuses it: its record goes
+    recorder._trip("database stopped for the test")
+    clock.now += 599
+    assert tenant_of(other.verify_sync(token)) == tenant  # verified by the other worker 599 s ago
+    assert other.verify_sync(revoked) is None
+    clock.now += 2
+    assert other.verify_sync(token) is None  # past the grace period
+    (tmp_path / "tokens" / token_key(token).hex()).write_text("{not json")
+    clock.now -= 2
+    assert other.verify_sync(token) is None  # a damaged record is a miss, not an error
