@@ -50,7 +50,6 @@ from mcp_devdiag import classifier
 from mcp_devdiag.recorder import Recorder
 from mcp_devdiag.server import TENANT_CLAIM, build_server, version
 from mcp_devdiag.settings import ConfigError, ServerSettings, load
-from mcp_devdiag.spool import Spool
 from mcp_devdiag.token_grace import GraceFiles
 
 log = logging.getLogger("mcp_devdiag.http")
@@ -415,12 +414,7 @@ class ServeApp:
 
 def build_app(settings: ServerSettings, http: HttpSettings, *, recorder: Recorder | None = None) -> ServeApp:
     settings = replace(settings, tenant_from_token=True)
-    recorder = recorder or Recorder(
-        settings.database,
-        Spool(settings.spool_dir, settings.spool_max_bytes),
-        connect_timeout=settings.connect_timeout_s,
-        synchronous_commit=settings.synchronous_commit,
-    )
+    recorder = recorder or Recorder.for_settings(settings)
     verifier = DevDiagTokenVerifier(
         recorder, grace_s=http.token_grace_s, shared=GraceFiles(settings.spool_dir / "tokens")
     )

@@ -27,7 +27,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from devdiag_db.db import DatabaseUnavailable, explain, tenant_transaction
-from mcp_devdiag.settings import DatabaseTarget
+from mcp_devdiag.settings import DatabaseTarget, ServerSettings
 from mcp_devdiag.spool import Outcome, ReplayReport, Spool, SpoolFull
 from mcp_devdiag.writer import RunRow, write_runs
 
@@ -121,6 +121,16 @@ class Recorder:
         self._retry_at = 0.0
         self._backoff = BACKOFF_START_S
         self._down_reason: str | None = None
+
+    @classmethod
+    def for_settings(cls, settings: ServerSettings) -> Recorder:
+        """The recorder the tools' settings describe (its database, spool, timeouts, durability)."""
+        return cls(
+            settings.database,
+            Spool(settings.spool_dir, settings.spool_max_bytes),
+            connect_timeout=settings.connect_timeout_s,
+            synchronous_commit=settings.synchronous_commit,
+        )
 
     # --- connections ------------------------------------------------------------------------------
 

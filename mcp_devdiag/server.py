@@ -32,7 +32,6 @@ from mcp_devdiag.recorder import Recorder
 from mcp_devdiag.results import DiagnoseResult, OutcomeResult, ProblemList, RecentResult, SuggestResult
 from mcp_devdiag.service import DevDiag
 from mcp_devdiag.settings import ConfigError, ServerSettings, load
-from mcp_devdiag.spool import Spool
 
 log = logging.getLogger("mcp_devdiag")
 TENANT_CLAIM = "tenant"  # the AccessToken claim that carries the caller's tenant (HTTP)
@@ -98,13 +97,7 @@ def build_server(
             raise ToolError("this server takes the tenant from a token: send Authorization: Bearer ddg_...")
         return claimed
 
-    spool = Spool(settings.spool_dir, settings.spool_max_bytes)
-    recorder = recorder or Recorder(
-        settings.database,
-        spool,
-        connect_timeout=settings.connect_timeout_s,
-        synchronous_commit=settings.synchronous_commit,
-    )
+    recorder = recorder or Recorder.for_settings(settings)
     app = DevDiag(settings, recorder, catalog or load_catalog(), rng=rng)
     server = DevDiagServer(
         "devdiag",
