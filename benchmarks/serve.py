@@ -23,8 +23,9 @@ second. A stall there held every durable commit in flight, whatever the server d
 
     python benchmarks/serve.py [--clients 50] [--calls 200] [--tenants 10] [--workers 2] [--json]   # saturation
     python benchmarks/serve.py --rate 200                                   # 200 calls/s offered: latency at that load
-    python benchmarks/serve.py --rate 200 --synchronous-commit off          # commits not waiting for the disk
+    python benchmarks/serve.py --rate 200 --synchronous-commit on           # every commit waiting for the disk
     python benchmarks/serve.py --clients 20 --calls 250 --fault db-restart   # 5,000 calls, PostgreSQL stopped mid-load
+    python benchmarks/serve.py --clients 20 --calls 250 --fault db-crash     # the same, stopped as by a crash
     python benchmarks/serve.py --clients 20 --calls 250 --fault kill-serve   # SIGKILL of serve mid-load, restarted
     python benchmarks/serve.py --disk-only 60                                # the disk's flushes alone, no load
 """
@@ -466,10 +467,16 @@ def main() -> None:
     parser.add_argument(
         "--synchronous-commit",
         choices=["on", "off"],
-        default="on",
-        help="serve's DEVDIAG_SYNCHRONOUS_COMMIT (off: tool calls' commits do not wait for the disk)",
+        default="off",
+        help="serve's DEVDIAG_SYNCHRONOUS_COMMIT (on: every tool call's commit waits for the disk; default off)",
     )
-    parser.add_argument("--fault", choices=["none", "db-restart", "kill-serve"], default="none")
+    parser.add_argument(
+        "--fault",
+        choices=["none", "db-restart", "db-crash", "kill-serve"],
+        default="none",
+        help="db-restart: PostgreSQL stopped (fast) for 3 s mid-load; db-crash: the same, stopped with -m immediate "
+        "(its unflushed WAL lost); kill-serve: serve and its workers killed with SIGKILL, restarted",
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the temporary DEVDIAG_HOME")
     parser.add_argument(
@@ -516,8 +523,8 @@ def main() -> None:
             async def fault() -> None:
                 nonlocal process
                 await asyncio.sleep(2)
-                if args.fault == "db-restart":
-                    await asyncio.to_thread(embedded.stop)
+                if args.fault in ("db-restart", "db-crash"):
+                    await asyncio.to_thread(embedded.stop, mode="fast" if args.fault == "db-restart" else "immediate")
                     await asyncio.sleep(3)
                     await asyncio.to_thread(embedded.start)
                 elif args.fault == "kill-serve":

@@ -332,13 +332,13 @@ def pg_ctl_start(pgdata: Path, logfile: Path, port: int, sock: Path, what: str) 
         raise click.ClickException(f"{what} did not start ({' '.join(tail) or result.stderr.strip()}); see {logfile}")
 
 
-def stop() -> bool:
-    """Stop the server; False when it was not running."""
+def stop(*, mode: str = "fast") -> bool:
+    """Stop the server (``mode``: pg_ctl's; "immediate" is a crash, for tests); False when it was not running."""
     if not status().running:
         return False
     # As whoever owns the data: under root, a server that an older DevDiag started ran as user pgserver.
     owner = {"user": data_dir().stat().st_uid} if os.geteuid() == 0 else {}
-    result = _run_as_owner([pg_bin("pg_ctl"), "-D", str(data_dir()), "-m", "fast", "-w", "stop"], **owner)
+    result = _run_as_owner([pg_bin("pg_ctl"), "-D", str(data_dir()), "-m", mode, "-w", "stop"], **owner)
     if result.returncode != 0:
         raise click.ClickException(f"pg_ctl stop failed: {result.stderr.strip()}")
     return True

@@ -7,6 +7,9 @@
   until a retry time that backs off from 1 s to 30 s; the next attempt after it probes again.
 - Before every successful write the spool is replayed (idempotent), so rows and outcomes land
   in order: a spooled run exists before its spooled outcome is applied.
+- With commits that do not wait for the disk (``DEVDIAG_SYNCHRONOUS_COMMIT=off``, the default), a
+  thread holds each call's writes until PostgreSQL has flushed them, and spools them if it went
+  away first (mcp_devdiag.flush_watch).
 
 What counts as "the database is away" (spool, do not fail the tool): no connection, refused
 credentials, a connection lost mid-call, a schema that is not set up, missing privileges.
@@ -20,13 +23,14 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from devdiag_db.db import DatabaseUnavailable, explain, tenant_transaction
+from mcp_devdiag.flush_watch import FlushWatch, Write
 from mcp_devdiag.settings import DatabaseTarget, ServerSettings
 from mcp_devdiag.spool import Outcome, ReplayReport, Spool, SpoolFull
 from mcp_devdiag.writer import RunRow, write_runs
@@ -42,6 +46,10 @@ BACKOFF_MAX_S = 30.0
 # 4 against 12 in turn: 241 against 182 calls/s back to back; at 200 calls/s p99 16-31 against 22-146 ms).
 POOL_MAX = 4
 STATEMENT_TIMEOUT_MS = 10_000
+# How often the flush watch reads PostgreSQL's WAL positions while it holds writes: what it holds is
+# about this much more than PostgreSQL's own flush delay (wal_writer_delay, 200 ms).
+FLUSH_CHECK_S = 0.1
+FLUSH_WAIT_AT_CLOSE_S = 3.0
 TIMEOUT_SLACK_MS = 500
 # Errors that mean "not usable right now" rather than "this row is wrong".
 _AWAY = (
@@ -58,6 +66,7 @@ _AWAY = (
 class Session:
     conn: psycopg.Connection
     replayed: int = 0  # spooled rows written before the call's own work
+    writes: list[Write] = field(default_factory=list)  # what the call wrote, to redo if PostgreSQL loses it
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,10 @@ def _configure(conn: psycopg.Connection) -> None:
     conn.execute(f"set statement_timeout = {STATEMENT_TIMEOUT_MS}")
 
 
+def _is_citus(conn: psycopg.Connection) -> bool:
+    return conn.execute("select exists (select from pg_extension where extname = 'citus')").fetchone() == (True,)
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -110,12 +123,15 @@ def _first_line(error: BaseException) -> str:
 
 class Recorder:
     def __init__(
-        self, target: DatabaseTarget, spool: Spool, *, connect_timeout: float = 2.0, synchronous_commit: bool = True
+        self, target: DatabaseTarget, spool: Spool, *, connect_timeout: float = 2.0, synchronous_commit: bool = False
     ) -> None:
         self.target = target
         self.spool = spool
         self.connect_timeout = connect_timeout
         self.synchronous_commit = synchronous_commit  # of tool calls; replays always wait for the disk
+        self._watch = None if synchronous_commit else FlushWatch(spool)
+        self._watcher: threading.Thread | None = None
+        self._closing = threading.Event()
         self._pool: ConnectionPool | None = None
         self._lock = threading.Lock()
         self._retry_at = 0.0
@@ -145,7 +161,9 @@ class Recorder:
         timeout = max(2, round(self.connect_timeout))  # libpq takes whole seconds, 2 at least
         # Probe once directly: the pool would hide why a connection fails (credentials? refused?).
         try:
-            psycopg.connect(conninfo, connect_timeout=timeout, autocommit=True).close()
+            with psycopg.connect(conninfo, connect_timeout=timeout, autocommit=True) as probe:
+                if self._watch is not None and _is_citus(probe):
+                    self._commits_wait("on Citus the flush watch would see the coordinator's WAL only")
         except psycopg.OperationalError as error:
             raise DatabaseUnavailable(explain(error, where)) from None
         pool = ConnectionPool(
@@ -228,13 +246,85 @@ class Recorder:
             with tenant_transaction(
                 conn, tenant, statement_timeout_ms=timeout, synchronous_commit=self.synchronous_commit
             ):
-                yield Session(conn, replayed.rows_inserted if replayed else 0)
+                session = Session(conn, replayed.rows_inserted if replayed else 0)
+                yield session
+            if session.writes and self._watch is not None:
+                self._watch.hold(session.writes)
+                self._start_watcher()
 
     def close(self) -> None:
+        """Close the pool; wait a moment for PostgreSQL to flush the writes still held, spool the rest."""
+        self._closing.set()
+        if self._watcher is not None:
+            self._watcher.join()
+        if self._watch is not None and self._watch.held():
+            self._drain(time.monotonic() + FLUSH_WAIT_AT_CLOSE_S)
+        self._watcher, self._closing = None, threading.Event()  # used again, it watches again
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.close(timeout=2.0)
+
+    # --- the flush watch --------------------------------------------------------------------------
+
+    @property
+    def held(self) -> int:
+        """Writes committed but not yet confirmed on PostgreSQL's disk (0 when commits wait for it)."""
+        return self._watch.held() if self._watch is not None else 0
+
+    def _commits_wait(self, why: str) -> None:
+        log.info("tool calls' commits wait for the disk: %s", why)
+        self.synchronous_commit, self._watch = True, None
+
+    def _start_watcher(self) -> None:
+        if self._watcher is None and not self._closing.is_set():
+            with self._lock:
+                if self._watcher is None:
+                    self._watcher = threading.Thread(target=self._watch_loop, name="flush-watch", daemon=True)
+                    self._watcher.start()
+
+    def _watch_loop(self) -> None:
+        conn: psycopg.Connection | None = None
+        while not self._closing.wait(FLUSH_CHECK_S):
+            conn = self._check_flushed(conn)
+        if conn is not None:
+            conn.close()
+
+    def _check_flushed(self, conn: psycopg.Connection | None) -> psycopg.Connection | None:
+        """One look at PostgreSQL's flush position, on a connection of the watch's own (never one a tool
+        call waits for). Any failure spools what is held: a replay of what was flushed after all is a no-op."""
+        watch = self._watch
+        if watch is None or not watch.held():
+            return conn
+        try:
+            if conn is None or conn.closed:
+                where = self.target.resolve()
+                conn = psycopg.connect(
+                    where.conninfo(),
+                    autocommit=True,
+                    connect_timeout=max(2, round(self.connect_timeout)),
+                    application_name="mcp-devdiag flush watch",
+                )
+            watch.check(conn)
+            return conn
+        except (psycopg.Error, DatabaseUnavailable) as error:
+            reason = str(error) if isinstance(error, DatabaseUnavailable) else _reason(error, self.target)
+            watch.spill(reason)
+            if conn is not None:
+                conn.close()
+            return None
+
+    def _drain(self, deadline: float) -> None:
+        conn = None
+        while self.held and time.monotonic() < deadline:
+            conn = self._check_flushed(conn)
+            if conn is None:
+                break  # spooled
+            time.sleep(0.05)
+        if conn is not None:
+            conn.close()
+        if self._watch is not None and self._watch.held():
+            self._watch.spill("the server stopped before PostgreSQL confirmed them on disk")
 
     # --- writes -----------------------------------------------------------------------------------
 
@@ -277,6 +367,7 @@ class Recorder:
         except psycopg.Error as error:
             log.error("the database refused a run (%s): spooled", _first_line(error))
             return self.spool_rows(rows, f"the database refused it: {_first_line(error)}")
+        session.writes.extend(rows)
         return WriteResult("database", replayed=session.replayed)
 
     def spool_rows(self, rows: list[RunRow], reason: str) -> WriteResult:

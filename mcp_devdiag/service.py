@@ -459,13 +459,14 @@ class DevDiag:
         outcome = Outcome(
             resolution=resolution, at=at, fix_id=fix_id, tenant=tenant, note=kept_note, **{key: str(target)}
         )
+
+        def record(session: Session) -> OutcomeResult:
+            result = self._record(session.conn, tenant, key, target, resolution, fix_id, at, kept_note)
+            session.writes.append(outcome)  # redone from the spool if PostgreSQL loses it (flush_watch)
+            return result
+
         try:
-            return self._in_session(
-                tenant,
-                self._deadline(),
-                lambda s: self._record(s.conn, tenant, key, target, resolution, fix_id, at, kept_note),
-                replay=True,
-            )
+            return self._in_session(tenant, self._deadline(), record, replay=True)
         except _UnknownRun:
             # Another worker may be replaying the spool that holds this run right now (its rows not yet
             # committed): queued behind it, the outcome is applied once the run is in, or rejected at

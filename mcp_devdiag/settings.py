@@ -14,7 +14,7 @@ server exits 2 (``main``) so that the editor shows the reason rather than a dead
 | ``DEVDIAG_SPOOL_MAX_MB`` | spool bound | 64 |
 | ``DEVDIAG_CONNECT_TIMEOUT`` | seconds to wait for the database inside a tool call | 2 |
 | ``DEVDIAG_CALL_BUDGET`` | seconds one tool call may take in all (probe and database work) | 10 |
-| ``DEVDIAG_SYNCHRONOUS_COMMIT`` | ``off``: commits do not wait for the disk (a crash loses up to 0.6 s) | ``on`` |
+| ``DEVDIAG_SYNCHRONOUS_COMMIT`` | ``on``: tool calls' commits wait for the disk (``off``: flush_watch) | ``off`` |
 """
 
 from __future__ import annotations
@@ -77,7 +77,9 @@ class ServerSettings:
     connect_timeout_s: float = 2.0
     call_budget_s: float = 10.0
     tenant_from_token: bool = False  # served over HTTP: every call's tenant comes from its token
-    synchronous_commit: bool = True  # off: a tool call's commit does not wait for the WAL flush (docs/team-service.md)
+    # off: a tool call's commit does not wait for the WAL flush; its writes are held until PostgreSQL has
+    # flushed them and spooled if it goes away first (flush_watch, docs/team-service.md)
+    synchronous_commit: bool = False
 
 
 def _number(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
@@ -161,5 +163,5 @@ def load(env: Mapping[str, str] | None = None) -> ServerSettings:
         probe_timeout_s=_number(env, "DEVDIAG_PROBE_TIMEOUT", 5.0, 0.1, 120),
         connect_timeout_s=_number(env, "DEVDIAG_CONNECT_TIMEOUT", 2.0, 0.1, 60),
         call_budget_s=_number(env, "DEVDIAG_CALL_BUDGET", 10.0, 1, 120),
-        synchronous_commit=_switch(env, "DEVDIAG_SYNCHRONOUS_COMMIT", True),
+        synchronous_commit=_switch(env, "DEVDIAG_SYNCHRONOUS_COMMIT", False),
     )

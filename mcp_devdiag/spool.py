@@ -32,7 +32,7 @@ import logging
 import os
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -271,6 +271,10 @@ class Spool:
 
     def append_outcome(self, outcome: Outcome) -> None:
         self._append([outcome.to_json()])
+
+    def append(self, writes: Sequence[RunRow | Outcome]) -> None:
+        """Keep runs' rows and outcomes, in this order, with one flush to the disk."""
+        self._append([write.to_json() for write in writes])
 
     def _append(self, records: list[dict[str, Any]]) -> None:
         payload = "".join(json.dumps(r, ensure_ascii=True, separators=(",", ":")) + "\n" for r in records).encode()

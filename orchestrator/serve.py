@@ -133,7 +133,7 @@ def serve(
         os.environ["DEVDIAG_PG_DSN"] = where.url(with_password=True)
     if warning:
         click.echo(f"devdiag serve: {warning}", err=True)
-    durability = "" if tools.synchronous_commit else ", commits not waiting for the disk"
+    durability = ", every commit waiting for the disk" if tools.synchronous_commit else ""
     click.echo(
         f"devdiag serve: http://{settings.host}:{settings.port}{http.MCP_PATH} ({settings.workers} worker"
         f"{'s' if settings.workers > 1 else ''}, {where.describe()}{durability})",

@@ -292,6 +292,9 @@ def test_the_team_memory_answers_within_its_tenant_on_the_workers(built, tmp_pat
             == []
         )
         assert second.recorded == "database"
+        # The flush watch reads the coordinator's WAL only: on Citus the tool calls' commits wait instead.
+        assert acme.recorder.synchronous_commit is True
+        assert acme.recorder.held == 0
     finally:
         acme.recorder.close()
         globex.recorder.close()

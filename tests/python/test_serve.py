@@ -394,8 +394,8 @@ def test_the_rate_limit_is_per_token():
 
 def test_two_workers_answer_the_same_tokens(pg, tmp_path, tenant_a):
     """The default (2 processes, each built by app_factory from the environment) serves stateless calls;
-    the start-up line says when commits do not wait for the disk."""
-    server = serve(tmp_path, "--workers", "2", env={"DEVDIAG_SYNCHRONOUS_COMMIT": "off"}).start()
+    the start-up line says when every commit waits for the disk (not the default)."""
+    server = serve(tmp_path, "--workers", "2", env={"DEVDIAG_SYNCHRONOUS_COMMIT": "on"}).start()
     token = new_token(pg, tenant_a)
     try:
         with httpx2.Client(timeout=30, limits=httpx2.Limits(max_connections=4)) as client:
@@ -406,7 +406,7 @@ def test_two_workers_answer_the_same_tokens(pg, tmp_path, tenant_a):
         code = server.stop()
     assert [status for status, _ in answers] == [200] * 8
     assert code in CLEAN_EXIT
-    assert ", commits not waiting for the disk)" in server.log.read_text().splitlines()[0]
+    assert ", every commit waiting for the disk)" in server.log.read_text().splitlines()[0]
 
 
 def test_a_worker_freezes_its_startup_heap_while_it_serves(pg, tmp_path):

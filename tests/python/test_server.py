@@ -116,11 +116,12 @@ def test_five_tools_with_schemas_annotations_and_version(make):
 
 
 def test_synchronous_commit_off_applies_to_the_tool_calls_transactions_only(make, pg, tmp_path):
-    """DEVDIAG_SYNCHRONOUS_COMMIT=off: a tool call's transaction commits without waiting for the WAL
-    flush (``set local``: the pooled connection, spool replays and token checks keep the durable
-    default), and its run is stored all the same. Any other value than on or off is refused in one line."""
-    fast_server, fast = make(synchronous_commit=False)
-    _, durable = make()
+    """DEVDIAG_SYNCHRONOUS_COMMIT=off (the default): a tool call's transaction commits without waiting
+    for the WAL flush (``set local``: the pooled connection, spool replays and token checks keep the
+    durable default), and its run is stored all the same; ``on`` makes the tool calls' commits wait too.
+    Any other value than on or off is refused in one line."""
+    fast_server, fast = make()
+    _, durable = make(synchronous_commit=True)
     for app, expected in ((fast, "off"), (durable, "on")):
         with app.recorder.session(app.settings.tenant) as session:
             assert session.conn.execute("show synchronous_commit").fetchone() == (expected,)
@@ -130,8 +131,8 @@ def test_synchronous_commit_off_applies_to_the_tool_calls_transactions_only(make
     assert [row["problem_code"] for row in rows_of(pg, body["run_id"])] == ["PORT_IN_USE"]
 
     env = {"DEVDIAG_SPOOL_DIR": str(tmp_path / "spool"), "DEVDIAG_ENVIRONMENT": "linux"}
-    assert load(env).synchronous_commit is True
-    assert load({**env, "DEVDIAG_SYNCHRONOUS_COMMIT": "off"}).synchronous_commit is False
+    assert load(env).synchronous_commit is False
+    assert load({**env, "DEVDIAG_SYNCHRONOUS_COMMIT": "on"}).synchronous_commit is True
     with pytest.raises(ConfigError, match=r"^DEVDIAG_SYNCHRONOUS_COMMIT='sometimes' is not valid: write on or off$"):
         load({**env, "DEVDIAG_SYNCHRONOUS_COMMIT": "sometimes"})
 
