@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -595,6 +596,8 @@ def main() -> None:
             "errors": sum(tally.errors.values()),
             "error_kinds": tally.errors,
             "answered_from_spool": tally.spooled,
+            # Writes answered from the database whose flush PostgreSQL had not confirmed when it went away.
+            "flush_watch_spooled": _watch_spooled(log),
             **rows,
             "cpus": os.cpu_count(),
             "loadavg_before": round(load, 2),
@@ -611,6 +614,11 @@ def main() -> None:
         return
     for key, value in report.items():
         print(f"{key:22} {value}")
+
+
+def _watch_spooled(log: Path) -> int:
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return sum(int(n) for n in re.findall(r"(\d+) writes PostgreSQL had not confirmed on disk spooled", text))
 
 
 def _only_rejected(spool: Path) -> bool:

@@ -52,6 +52,7 @@ class FlushWatch:
         self._new: list[Write] = []  # committed; no position read since
         self._waiting: list[_Waiting] = []  # oldest first
         self._unsure: list[Write] = []  # their flush can no longer be confirmed: for the spool
+        self._spool_failing = False  # logged once, not at every check (every 100 ms)
 
     def hold(self, writes: Sequence[Write]) -> None:
         """Keep ``writes``, whose transaction has just committed, until ``check`` sees them flushed."""
@@ -108,7 +109,12 @@ class FlushWatch:
         except (SpoolFull, OSError) as error:
             with self._lock:
                 self._unsure[:0] = writes  # never released by a flush now: spooled at the next try
-            log.error("%d writes not yet flushed by PostgreSQL could not be spooled (%s): held", len(writes), error)
+            if not self._spool_failing:
+                log.error(
+                    "%d writes not confirmed on disk could not be spooled (%s): held, retried", len(writes), error
+                )
+            self._spool_failing = True
             return 0
+        self._spool_failing = False
         log.warning("%d writes PostgreSQL had not confirmed on disk spooled for replay: %s", len(writes), reason)
         return len(writes)

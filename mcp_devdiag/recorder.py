@@ -305,6 +305,7 @@ class Recorder:
                     connect_timeout=max(2, round(self.connect_timeout)),
                     application_name="mcp-devdiag flush watch",
                 )
+                _configure(conn)
             watch.check(conn)
             return conn
         except (psycopg.Error, DatabaseUnavailable) as error:

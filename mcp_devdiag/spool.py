@@ -320,7 +320,12 @@ class Spool:
 
     def pending(self) -> bool:
         """Anything to replay? Cheap enough to ask before every write."""
-        return any(path.stat().st_size > 0 for path in self.files() if path.exists())
+        for path in self.files():
+            # Another worker may finish replaying a claimed file (and remove it) after it was listed.
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_size > 0:
+                    return True
+        return False
 
     # --- replay -----------------------------------------------------------------------------------
 

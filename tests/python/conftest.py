@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,3 +111,21 @@ def tenant_service(target, spool_root: Path, tenant: str, *, environment: str = 
     )
     recorder = Recorder(settings.database, Spool(settings.spool_dir, settings.spool_max_bytes))
     return DevDiag(settings, recorder, load_catalog(), rng=random.Random(seed))
+
+
+@contextlib.contextmanager
+def slow_wal_writer(pg) -> Iterator[None]:
+    """PostgreSQL flushes a commit that did not wait within wal_writer_delay (200 ms): at its maximum,
+    10 s, the tests have the time to crash it first."""
+    import psycopg
+
+    with psycopg.connect(pg.conninfo(), autocommit=True) as conn:
+        conn.execute("alter system set wal_writer_delay = '10s'")
+        conn.execute("select pg_reload_conf()")
+    time.sleep(0.3)  # the WAL writer reads the new delay when its current sleep ends
+    try:
+        yield
+    finally:
+        with psycopg.connect(pg.conninfo(), autocommit=True) as conn:
+            conn.execute("alter system reset wal_writer_delay")
+            conn.execute("select pg_reload_conf()")

@@ -8,36 +8,18 @@ watch had it spooled and replayed it: the run is there, once.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import login, tenant_service
+from conftest import login, slow_wal_writer, tenant_service
 
 from devdiag_db import embedded
 from mcp_devdiag.flush_watch import FlushWatch
 from mcp_devdiag.spool import Spool
 
 ERROR = "Error: listen EADDRINUSE: address already in use :::3000"
-
-
-@contextlib.contextmanager
-def slow_wal_writer(pg) -> Iterator[None]:
-    """PostgreSQL flushes a commit that did not wait within wal_writer_delay (200 ms): at its maximum,
-    10 s, the tests have the time to crash it first."""
-    with psycopg.connect(pg.conninfo(), autocommit=True) as conn:
-        conn.execute("alter system set wal_writer_delay = '10s'")
-        conn.execute("select pg_reload_conf()")
-    time.sleep(0.3)  # the WAL writer reads the new delay when its current sleep ends
-    try:
-        yield
-    finally:
-        with psycopg.connect(pg.conninfo(), autocommit=True) as conn:
-            conn.execute("alter system reset wal_writer_delay")
-            conn.execute("select pg_reload_conf()")
 
 
 def rows_of(pg, run_id: str) -> int:
@@ -83,9 +65,9 @@ def test_the_default_holds_a_calls_writes_until_postgresql_has_flushed_them(pg, 
 def test_a_run_postgresql_loses_in_a_crash_is_spooled_and_replayed_once(pg, tmp_path: Path):
     app = tenant_service(pg, tmp_path, "flush-crash")
     try:
+        app.diagnose(error_text=ERROR)  # warm: the pool, the watch's connection
+        assert wait_until(lambda: app.recorder.held == 0, timeout=5)
         with slow_wal_writer(pg):
-            app.diagnose(error_text=ERROR)  # warm: the pool, the watch's connection
-            assert wait_until(lambda: app.recorder.held == 0, timeout=15)
             lost = app.diagnose(error_text=f"{ERROR}\n(the one the crash takes)")
             assert lost.recorded == "database"
             time.sleep(0.5)  # several of the watch's checks: PostgreSQL has not flushed it

@@ -6,6 +6,7 @@ findings the client saw). CI runs a few hundred calls; `benchmarks/serve.py --fa
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
+from conftest import slow_wal_writer
 from serve_helpers import PORT_ERROR, Served, call, new_token, rows_by_run, serve
 
 from devdiag_db import embedded
@@ -103,7 +105,11 @@ def _warm(server: Served, tokens: list[str]) -> None:
             assert call(http, server.url, token, "list_problems", {"category": "git"})[0] == 200
 
 
-def test_postgres_stopped_mid_load_loses_and_duplicates_nothing(pg, tmp_path, tokens):
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_postgres_stopped_mid_load_loses_and_duplicates_nothing(pg, tmp_path, tokens, mode):
+    """``fast``: an orderly stop (PostgreSQL flushes first). ``immediate``: a crash, with the WAL writer
+    slowed so that it surely takes calls PostgreSQL had committed but not flushed: the flush watch
+    spools those, and they are stored all the same."""
     server = serve(tmp_path, "--rate-limit", "0").start()
     try:
         _warm(server, tokens)
@@ -112,18 +118,21 @@ def test_postgres_stopped_mid_load_loses_and_duplicates_nothing(pg, tmp_path, to
 
         def outage() -> None:
             time.sleep(0.5)
-            embedded.stop()
+            embedded.stop(mode=mode)
             time.sleep(1.0)
             health.append(httpx2.get(f"http://127.0.0.1:{server.port}/healthz", timeout=10).status_code)
             time.sleep(1.5)
             embedded.start()
 
-        load.run(during=outage)
+        with slow_wal_writer(pg) if mode == "immediate" else contextlib.nullcontext():
+            load.run(during=outage)
         assert drained(tmp_path / "spool"), "the spool was not replayed within 60 s"
     finally:
         if not embedded.status().running:
             embedded.start()
         server.stop()
+    if mode == "immediate":
+        assert "had not confirmed on disk spooled for replay" in server.log.read_text(), "the crash took no write"
     assert health == [503]
     assert load.failures == 0 and set(load.statuses) == {200}
     assert load.spooled > 0, "no call fell in the outage: the test proved nothing"

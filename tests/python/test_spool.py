@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
+import multiprocessing
 import os
 import random
 import stat
@@ -256,6 +258,37 @@ def test_appends_racing_a_replay_are_all_kept(pg, tmp_path):
     rows = stored(pg, [str(r.run_id) for r in written])
     assert len(rows) == len(written) == 160
     assert spool.size_bytes() == 0
+
+
+def _claim_and_finish(directory: str, stop) -> None:
+    """Another worker's replays, as fast as they come: a claimed file appears, and is gone when replayed."""
+    for i in itertools.count():
+        if stop.is_set():
+            return
+        path = Path(directory) / f"claimed-{i % 4:04d}.jsonl"
+        path.write_bytes(b"{}\n")
+        path.unlink()
+
+
+def test_asking_whether_anything_is_pending_survives_another_workers_replay(tmp_path):
+    """`pending()` (asked before every write) lists the spool's files, then reads their sizes; a file
+    another process finished replaying in between is not pending, and asking must not fail: it raised
+    FileNotFoundError, and the tool call with it, in `benchmarks/serve.py --fault db-crash`."""
+    spool = Spool(tmp_path / "spool")
+    spool.directory.mkdir()
+    stop = multiprocessing.Event()
+    other = multiprocessing.Process(target=_claim_and_finish, args=(str(spool.directory), stop))
+    other.start()
+    try:
+        deadline = time.monotonic() + 1.5
+        asked = 0
+        while time.monotonic() < deadline:
+            spool.pending()
+            asked += 1
+    finally:
+        stop.set()
+        other.join(timeout=10)
+    assert asked > 1000
 
 
 @pytest.mark.parametrize("bad", ["", "   "])
