@@ -36,8 +36,8 @@ def wait_until(condition, timeout: float = 10.0) -> bool:
     return False
 
 
-def written_after_restart(app):
-    """A run diagnosed once the database takes writes again (the first call after a restart finds the
+def diagnosed_into_the_database(app):
+    """A run diagnosed once the database takes writes (the first call after a restart finds the
     pool's connections dead and spools; the breaker then waits a second), replaying the spool first."""
     for attempt in range(60):
         result = app.diagnose(error_text=f"{ERROR}\n(after the restart, {attempt})")
@@ -80,7 +80,7 @@ def test_a_run_postgresql_loses_in_a_crash_is_spooled_and_replayed_once(pg, tmp_
             finally:
                 embedded.start()
         assert rows_of(pg, lost.run_id) == 0, "the crash did not lose the run: this test shows nothing"
-        after = written_after_restart(app)
+        after = diagnosed_into_the_database(app)
         assert rows_of(pg, lost.run_id) == 1
         assert rows_of(pg, after.run_id) == 1
         assert not app.recorder.spool.pending()
@@ -105,11 +105,29 @@ def test_an_outcome_postgresql_loses_in_a_crash_is_applied_again(pg, tmp_path: P
         with psycopg.connect(pg.conninfo()) as conn:
             query = "select resolution from devdiag.diag_run where run_id = %s"
             assert conn.execute(query, (run.run_id,)).fetchone() == (None,), "the crash did not lose the outcome"
-        written_after_restart(app)  # replays the spool first
+        diagnosed_into_the_database(app)  # replays the spool first
         with psycopg.connect(pg.conninfo()) as conn:
             assert conn.execute(query, (run.run_id,)).fetchone() == ("fixed",)
     finally:
         app.recorder.close()
+
+
+def test_closing_spools_what_postgresql_has_not_flushed_within_the_wait(pg, tmp_path: Path):
+    """A server that stops (SIGTERM, the end of stdio) waits a moment for the flush, then spools the rest:
+    the writes it answered for outlive it, whatever PostgreSQL does next."""
+    app = tenant_service(pg, tmp_path, "flush-close")
+    with slow_wal_writer(pg):
+        result = app.diagnose(error_text=ERROR)
+        assert app.recorder.held == 1
+        started = time.monotonic()
+        app.recorder.close()
+        waited = time.monotonic() - started
+    assert app.recorder.held == 0
+    assert app.recorder.spool.pending()
+    assert 2.5 < waited < 10, waited  # the wait at close (3 s), not PostgreSQL's 10 s
+    diagnosed_into_the_database(app)  # replays the spool: the run was stored already, and is not doubled
+    assert rows_of(pg, result.run_id) == 1
+    app.recorder.close()
 
 
 def test_writes_held_across_a_restart_of_postgresql_go_to_the_spool(pg, tmp_path: Path):
