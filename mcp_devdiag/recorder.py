@@ -29,7 +29,7 @@ from typing import Literal
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from devdiag_db.db import DatabaseUnavailable, explain, tenant_transaction
+from devdiag_db.db import DatabaseUnavailable, explain, is_citus, tenant_transaction
 from mcp_devdiag.flush_watch import FlushWatch, Write
 from mcp_devdiag.settings import DatabaseTarget, ServerSettings
 from mcp_devdiag.spool import Outcome, ReplayReport, Spool, SpoolFull
@@ -112,10 +112,6 @@ def _configure(conn: psycopg.Connection) -> None:
     conn.execute(f"set statement_timeout = {STATEMENT_TIMEOUT_MS}")
 
 
-def _is_citus(conn: psycopg.Connection) -> bool:
-    return conn.execute("select exists (select from pg_extension where extname = 'citus')").fetchone() == (True,)
-
-
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -155,14 +151,18 @@ class Recorder:
         """Why the database is being skipped right now, or None."""
         return self._down_reason if time.monotonic() < self._retry_at else None
 
+    @property
+    def _libpq_timeout(self) -> int:
+        return max(2, round(self.connect_timeout))  # libpq takes whole seconds, 2 at least
+
     def _open_pool(self) -> ConnectionPool:
         where = self.target.resolve()
         conninfo = where.conninfo()
-        timeout = max(2, round(self.connect_timeout))  # libpq takes whole seconds, 2 at least
+        timeout = self._libpq_timeout
         # Probe once directly: the pool would hide why a connection fails (credentials? refused?).
         try:
             with psycopg.connect(conninfo, connect_timeout=timeout, autocommit=True) as probe:
-                if self._watch is not None and _is_citus(probe):
+                if self._watch is not None and is_citus(probe):
                     self._commits_wait("on Citus the flush watch would see the coordinator's WAL only")
         except psycopg.OperationalError as error:
             raise DatabaseUnavailable(explain(error, where)) from None
@@ -302,15 +302,14 @@ class Recorder:
                 conn = psycopg.connect(
                     where.conninfo(),
                     autocommit=True,
-                    connect_timeout=max(2, round(self.connect_timeout)),
+                    connect_timeout=self._libpq_timeout,
                     application_name="mcp-devdiag flush watch",
                 )
                 _configure(conn)
             watch.check(conn)
             return conn
         except (psycopg.Error, DatabaseUnavailable) as error:
-            reason = str(error) if isinstance(error, DatabaseUnavailable) else _reason(error, self.target)
-            watch.spill(reason)
+            watch.spill(_reason(error, self.target))
             if conn is not None:
                 conn.close()
             return None

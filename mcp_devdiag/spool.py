@@ -267,10 +267,10 @@ class Spool:
     # --- appending --------------------------------------------------------------------------------
 
     def append_rows(self, rows: list[RunRow]) -> None:
-        self._append([row.to_json() for row in rows])
+        self.append(rows)
 
     def append_outcome(self, outcome: Outcome) -> None:
-        self._append([outcome.to_json()])
+        self.append([outcome])
 
     def append(self, writes: Sequence[RunRow | Outcome]) -> None:
         """Keep runs' rows and outcomes, in this order, with one flush to the disk."""
